@@ -1,0 +1,50 @@
+# difiisr: every target installs what it needs into .venv first (from nothing on a fresh machine).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+DEMO_DIR ?= outputs/demo
+STACK ?= 0
+
+.PHONY: install test lint demo bench clean stack-up stack-down stack-status image compile
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src components pipelines tests benchmarks
+	$(VENV)/bin/ruff format --check src components pipelines tests benchmarks
+
+demo: $(STAMP)
+	STACK=$(STACK) DEMO_DIR=$(DEMO_DIR) bash infra/local/demo.sh
+
+bench: $(STAMP)
+	$(PY) benchmarks/degradation.py
+	$(PY) benchmarks/inference.py
+
+stack-up: $(STAMP)
+	$(PY) infra/local/stack.py up
+
+stack-down: $(STAMP)
+	$(PY) infra/local/stack.py down
+
+stack-status: $(STAMP)
+	$(PY) infra/local/stack.py status
+
+image:
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker daemon here; build on a machine with one"; exit 1; }
+	docker build -f infra/docker/Dockerfile -t $$($(PYTHON) infra/docker/image_tag.py) .
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``difiisr`` command line: one module per verb under ``difiisr.cli``."""

@@ -1,0 +1,21 @@
+"""Typed configuration: frozen dataclasses built from YAML presets plus ``key=value`` overrides."""
+
+from difiisr.config.loader import (
+    ConfigError,
+    apply_overrides,
+    flatten,
+    from_mapping,
+    load_yaml,
+    preset_path,
+    to_mapping,
+)
+
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "flatten",
+    "from_mapping",
+    "load_yaml",
+    "preset_path",
+    "to_mapping",
+]
