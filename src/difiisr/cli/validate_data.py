@@ -1,0 +1,53 @@
+"""``difiisr validate-data DIR [--pairs]``: run the data expectation suite; exit 1 when a rule is broken."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "run the data expectation suite over images or pairs"
+
+
+def _positive(text: str) -> int:
+    """argparse type for an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags: DIR [--pairs] [--min-side N] [--sf 4] [--report-dir D] [--no-progress]."""
+    parser.add_argument(
+        "dir", type=Path, help="folder of images, or a pairs folder (hr/ and lr/) with --pairs"
+    )
+    parser.add_argument("--pairs", action="store_true", help="DIR holds hr/NAME and lr/NAME pairs")
+    parser.add_argument(
+        "--min-side", type=_positive, default=256, help="smallest allowed min(width, height) (default 256)"
+    )
+    parser.add_argument("--sf", type=_positive, default=4, help="scale factor HR/LR for --pairs (default 4)")
+    parser.add_argument(
+        "--report-dir", type=Path, default=None, help="where reports go (default DIR/_validation)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, write report.json/.md/.html, print the summary; 0 = all rules hold, 1 = a rule broke, 2 = no data."""
+    from difiisr.data.validation import ValidationConfig, validate_images, validate_pairs, write_reports
+
+    cfg = ValidationConfig(min_side=args.min_side, sf=args.sf)
+    validate = validate_pairs if args.pairs else validate_images
+    try:
+        result = validate(args.dir, cfg, progress=not args.no_progress)
+    except NotADirectoryError as exc:
+        print(f"validate-data: {exc}", file=sys.stderr)
+        return 2
+    reports = write_reports(result, args.report_dir)
+    print(result.summary())
+    print(f"reports: {', '.join(str(p) for p in reports)}")
+    return 0 if result.success else 1

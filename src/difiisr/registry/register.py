@@ -1,0 +1,102 @@
+"""Register a trained (and evaluated) MLflow run as a new version of the registered model.
+
+The run must hold the exported model folder as artifacts (``model_folder/``, written by ``difiisr train``) and
+the evaluation results (metrics ``eval/<metric>`` and ``eval/bicubic_<metric>`` and tag ``eval_md5``, written by
+``difiisr evaluate``). The new version gets the alias ``challenger`` and tags that make it traceable: dataset md5,
+evaluation md5, every evaluation metric, config hash, code version and preset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from difiisr.registry.names import (
+    ALIAS_CHALLENGER,
+    METRIC_TAG_PREFIX,
+    TAG_CODE_VERSION,
+    TAG_CONFIG_HASH,
+    TAG_DATASET_MD5,
+    TAG_EVAL_MD5,
+    TAG_PRESET,
+    RegistryError,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_FOLDER_ARTIFACT = "model_folder"
+EVAL_METRIC_PREFIX = "eval/"
+RUN_TAG_DATASET_MD5 = "dataset_md5"
+RUN_TAG_CODE_VERSION = "code_version"
+RUN_TAG_EVAL_MD5 = "eval_md5"
+
+
+def config_hash(preset_mapping: dict[str, Any]) -> str:
+    """sha256 (hex, first 16) of a preset mapping in canonical JSON form."""
+    blob = json.dumps(preset_mapping, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def register_run(
+    run_id: str,
+    name: str,
+    *,
+    channels: int = 1,
+    artifact_path: str = MODEL_FOLDER_ARTIFACT,
+    client: Any | None = None,
+) -> Any:
+    """Log the run's model folder as a pyfunc model, register it under ``name`` and alias it ``challenger``.
+
+    Returns the new ``ModelVersion``. Raises ``RegistryError`` naming the run when it has no model folder or has not
+    been evaluated.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from difiisr.models.bundle import read_model_yaml
+    from difiisr.registry.pyfunc import log_upscaler_model
+
+    c = client or MlflowClient()
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as exc:
+        raise RegistryError(f"run {run_id!r} not found at {mlflow.get_tracking_uri()}: {exc.message}") from None
+    metrics = run.data.metrics
+    eval_metrics = {k[len(EVAL_METRIC_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_METRIC_PREFIX)}
+    eval_md5 = run.data.tags.get(RUN_TAG_EVAL_MD5)
+    if not eval_metrics or not eval_md5:
+        raise RegistryError(
+            f"run {run_id} has not been evaluated (no '{EVAL_METRIC_PREFIX}*' metrics or '{RUN_TAG_EVAL_MD5}' tag); "
+            f"run 'difiisr evaluate --model runs:/{run_id}/{artifact_path} --pairs DIR --out DIR --run-id {run_id}' first"
+        )
+    with tempfile.TemporaryDirectory(prefix="difiisr-register-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise RegistryError(
+                f"run {run_id} has no model folder at artifact path '{artifact_path}' ({exc}); "
+                "train with 'difiisr train' (it logs the folder) or pass --artifact-path"
+            ) from None
+        preset, _ = read_model_yaml(local)
+        with mlflow.start_run(run_id=run_id):
+            info = log_upscaler_model(Path(local), channels=channels)
+    mv = mlflow.register_model(info.model_uri, name)
+    tags = {
+        TAG_EVAL_MD5: eval_md5,
+        TAG_DATASET_MD5: run.data.tags.get(RUN_TAG_DATASET_MD5, ""),
+        TAG_CODE_VERSION: run.data.tags.get(RUN_TAG_CODE_VERSION, ""),
+        TAG_CONFIG_HASH: config_hash(preset.to_dict()),
+        TAG_PRESET: preset.name,
+        "run_id": run_id,
+    }
+    tags.update({f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in eval_metrics.items()})
+    for key, value in tags.items():
+        c.set_model_version_tag(name, mv.version, key, value)
+    c.set_registered_model_alias(name, ALIAS_CHALLENGER, mv.version)
+    log.info("registered %s v%s from run %s as '%s'", name, mv.version, run_id, ALIAS_CHALLENGER)
+    return c.get_model_version(name, mv.version)
