@@ -1,21 +1,20 @@
 """``difiisr`` entry point: dispatches to one module per verb.
 
-Each verb module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Verb modules are imported only when their verb runs, so ``difiisr --help`` stays fast.
+Each verb module defines ``add_arguments(parser)`` and ``run(args) -> int``. Verb modules are imported only when
+their verb runs, so ``difiisr --help`` stays fast (no torch import).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 
 from difiisr import __version__
 
-# verb -> (module, one-line help). Help text lives here so --help need not import torch.
+# verb -> (module, one-line help). Help text lives here so --help need not import the verb's module.
 VERBS: dict[str, tuple[str, str]] = {
     "synth-data": ("difiisr.cli.synth_data", "generate seeded synthetic thermal (IR) frames"),
     "degrade": ("difiisr.cli.degrade", "make LR/HR pairs (Real-ESRGAN second order or bicubic protocol)"),
@@ -23,22 +22,27 @@ VERBS: dict[str, tuple[str, str]] = {
     "upscale": ("difiisr.cli.upscale", "x4 super-resolve images with a preset and checkpoints"),
     "train": ("difiisr.cli.train", "train the diffusion model (Accelerate, resumable, MLflow-tracked)"),
     "evaluate": ("difiisr.cli.evaluate", "evaluate a model on LR/HR pairs against bicubic"),
-    "register": ("difiisr.cli.register", "register a trained run as an MLflow model version"),
+    "register": ("difiisr.cli.register", "register an evaluated run as an MLflow model version (challenger)"),
     "promote": ("difiisr.cli.promote", "move the champion alias to the challenger if it is better"),
     "rollback": ("difiisr.cli.rollback", "move the champion alias back to the previous champion"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per available verb."""
-    parser = argparse.ArgumentParser(prog="difiisr", description="difiisr: diffusion x4 infrared super-resolution, data to registry.")
+    """The top-level parser: global options, the verb, and the verb's own arguments (parsed later)."""
+    width = max(len(v) for v in VERBS)
+    epilog = "verbs:\n" + "\n".join(f"  {v:<{width}}  {h}" for v, (_, h) in VERBS.items())
+    epilog += "\n\nRun 'difiisr VERB --help' for the options of one verb."
+    parser = argparse.ArgumentParser(
+        prog="difiisr",
+        description="difiisr: diffusion x4 infrared super-resolution, from data to registry.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"difiisr {__version__}")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb, (module, help_text) in VERBS.items():
-        if importlib.util.find_spec(module) is None:
-            continue
-        sub.add_parser(verb, help=help_text, description=help_text)
+    parser.add_argument("verb", nargs="?", choices=list(VERBS), metavar="VERB", help="what to do (see below)")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
@@ -46,18 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Two-phase parse: find the verb, then let its module add its own arguments.
-    pre, _ = parser.parse_known_args(argv)
-    if pre.verb is None:
+    ns = parser.parse_args(argv)
+    if ns.verb is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(VERBS[pre.verb][0])
-    verb_parser = argparse.ArgumentParser(prog=f"difiisr {pre.verb}", description=VERBS[pre.verb][1])
+    module_name, help_text = VERBS[ns.verb]
+    module = importlib.import_module(module_name)
+    verb_parser = argparse.ArgumentParser(prog=f"difiisr {ns.verb}", description=help_text)
     module.add_arguments(verb_parser)
-    idx = argv.index(pre.verb)
-    args = verb_parser.parse_args(argv[idx + 1 :])
+    args = verb_parser.parse_args(ns.args)
     logging.basicConfig(
-        level=getattr(logging, str(pre.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(ns.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return int(module.run(args) or 0)

@@ -56,19 +56,7 @@ def preset_from_mapping(data: Mapping[str, Any], source: str = "preset") -> Mode
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; a preset has {', '.join(PRESET_KEYS)}")
     if missing:
         raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}; a preset has {', '.join(PRESET_KEYS)}")
-    ae = data["autoencoder"]
-    return from_mapping(
-        ModelPreset,
-        {
-            "name": data["name"],
-            "sf": data["sf"],
-            "latent": data["latent"],
-            "unet": from_mapping(SwinUNetConfig, data["unet"], f"{source}:unet"),
-            "autoencoder": None if ae is None else from_mapping(VQGANConfig, ae, f"{source}:autoencoder"),
-            "diffusion": from_mapping(DiffusionConfig, data["diffusion"], f"{source}:diffusion"),
-        },
-        source,
-    )
+    return from_mapping(ModelPreset, dict(data), source)
 
 
 def load_preset(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ModelPreset:
