@@ -10,6 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # infra/local/stack.py is the single implementation of the local service stack; fixtures reuse it.
 sys.path.insert(0, str(ROOT / "infra" / "local"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Real local services (SeaweedFS S3, MLflow tracking server) as session fixtures: tests/services.py.
+pytest_plugins = ["services"]
 
 
 @pytest.fixture(scope="session")

@@ -35,9 +35,23 @@ def registry(mlflow_env):
     return client, name
 
 
+_RUNS: dict[str, object] = {}
+
+
+def _source_run(client):
+    """One real run whose artifact location serves as the versions' source (the server validates sources)."""
+    key = client.tracking_uri
+    if key not in _RUNS:
+        _RUNS[key] = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    return _RUNS[key]
+
+
 def add_version(client, name, psnr_y, bicubic=28.0, eval_md5="md5-a", challenger=True):
     """A model version with evaluation tags as `difiisr register` writes them."""
-    mv = client.create_model_version(name, source=f"mlflow-artifacts:/promotion-tests/{uuid.uuid4().hex[:8]}")
+    run = _source_run(client)
+    mv = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/model-{uuid.uuid4().hex[:8]}", run_id=run.info.run_id
+    )
     for k, v in {"metric.psnr_y": psnr_y, "metric.bicubic_psnr_y": bicubic, "eval_md5": eval_md5}.items():
         client.set_model_version_tag(name, mv.version, k, str(v))
     if challenger:

@@ -1,0 +1,76 @@
+"""Real local services for tests: SeaweedFS S3 and an MLflow tracking server on 127.0.0.1, free ports.
+
+A pytest plugin (tests/conftest.py: ``pytest_plugins = ["services"]``). The servers are the classes of
+``infra/local/stack.py``, the same code as ``make stack-up``; each starts once per session on first use,
+under a temporary root, and is stopped at the end of the session by its PID file (process group), so no
+process is left behind. A start that fails raises ``stack.StackError`` with the server's log tail.
+
+Fixtures:
+- ``seaweedfs`` (session): ``endpoint_url``, ``access_key``, ``secret_key``, ``region``, ``client()`` (boto3
+  S3 client), ``make_bucket(name)``; credentials are random and enforced.
+- ``mlflow_server`` (session): ``tracking_uri`` (``http://127.0.0.1:PORT``), SQLite backend store, artifacts
+  proxied to ``s3://difiisr-mlflow/mlartifacts`` on the ``seaweedfs`` server.
+- ``mlflow_env`` (function): sets ``MLFLOW_TRACKING_URI`` (and clears variables that would redirect the
+  client) with monkeypatch; yields the ``mlflow_server`` object; ends a run a test left open.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_INFRA_LOCAL = Path(__file__).resolve().parents[1] / "infra" / "local"
+if str(_INFRA_LOCAL) not in sys.path:  # conftest.py adds it too; this keeps `-p services` usable alone
+    sys.path.insert(0, str(_INFRA_LOCAL))
+
+from stack import ARTIFACT_BUCKET, Credentials, MLflowServer, SeaweedFS  # noqa: E402
+
+# Variables that would point an MLflow client elsewhere than the test server.
+_MLFLOW_CLIENT_VARS = (
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_RUN_ID",
+)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS S3 server on a free 127.0.0.1 port with random, enforced credentials."""
+    server = SeaweedFS(
+        tmp_path_factory.mktemp("seaweedfs"), Credentials.generate(), s3_port=0, buckets=(ARTIFACT_BUCKET,)
+    )
+    server.start(timeout=90)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFS) -> Iterator[MLflowServer]:
+    """An MLflow tracking server on a free 127.0.0.1 port, SQLite backend, artifacts proxied to ``seaweedfs``."""
+    server = MLflowServer(tmp_path_factory.mktemp("mlflow"), seaweedfs, port=0)
+    server.start(timeout=240)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mlflow_env(mlflow_server: MLflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MLflowServer]:
+    """Point MLflow clients in this test at ``mlflow_server`` (env restored afterwards); yields the server."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name in _MLFLOW_CLIENT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    yield mlflow_server
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
