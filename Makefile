@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_DIR ?= outputs/demo
 STACK ?= 0
+VARIANT ?= cuda
 
 .PHONY: install test lint demo bench clean stack-up stack-down stack-status image compile
 
@@ -44,7 +45,7 @@ stack-status: $(STAMP)
 
 image:
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker daemon here; build on a machine with one"; exit 1; }
-	docker build -f infra/docker/Dockerfile -t $$($(PYTHON) infra/docker/image_tag.py) .
+	docker build -f infra/docker/Dockerfile --build-arg VARIANT=$(VARIANT) -t $$($(PYTHON) infra/docker/image_tag.py --variant $(VARIANT)) .
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -46,7 +46,7 @@ def _logged_run(model_dir: Path, *, evaluated: bool = True) -> str:
     """A run shaped like `difiisr train` + `difiisr evaluate` leave it."""
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
-        mlflow.set_tags({"dataset_md5": "d" * 32, "code_version": "test"})
+        mlflow.set_tags({"dataset.md5": "d" * 32, "code_version": "test"})
         if evaluated:
             mlflow.log_metrics({"eval/psnr_y": 30.0, "eval/bicubic_psnr_y": 28.0, "eval/ssim_y": 0.8})
             mlflow.set_tag("eval_md5", "e" * 32)

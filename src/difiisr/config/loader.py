@@ -53,9 +53,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def _parse_scalar(text: str) -> Any:
     """Parse an override value with YAML rules (``3`` -> int, ``[1,2]`` -> list, ``true`` -> bool)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; a number is what the user meant
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], source: str = "--set") -> dict[str, Any]:

@@ -7,13 +7,11 @@ sorted order; with identical names the two coincide).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
-MD5_DEFINITION = (
-    "md5 over the image files of hr/ and lr/ (non-recursive, the files evaluation reads), in sorted order of their "
-    "relative POSIX paths; for each file: relative path, NUL, byte length in decimal, NUL, file bytes"
-)
+from difiisr.data.fingerprint import MD5_DEFINITION
+from difiisr.data.fingerprint import dataset_md5 as fingerprint_md5
+
 
 
 class PairsError(ValueError):
@@ -69,14 +67,7 @@ def list_pairs(pairs_dir: str | Path) -> list[EvalPair]:
 
 
 def dataset_md5(pairs_dir: str | Path) -> str:
-    """Hex md5 of the evaluation set (see ``MD5_DEFINITION``): stable across copies, changes with any byte or name."""
+    """Hex md5 of the evaluation set: ``difiisr.data.fingerprint.dataset_md5`` after checking hr/ and lr/ exist."""
     root = Path(pairs_dir)
-    hr_files, lr_files = _sides(root)
-    digest = hashlib.md5(usedforsecurity=False)
-    for path in sorted(hr_files + lr_files, key=lambda p: p.relative_to(root).as_posix()):
-        rel = path.relative_to(root).as_posix()
-        digest.update(rel.encode("utf-8") + b"\0" + str(path.stat().st_size).encode("ascii") + b"\0")
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    _sides(root)
+    return fingerprint_md5(root)

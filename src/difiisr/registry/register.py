@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FOLDER_ARTIFACT = "model_folder"
 EVAL_METRIC_PREFIX = "eval/"
-RUN_TAG_DATASET_MD5 = "dataset_md5"
+RUN_TAG_DATASET_MD5 = "dataset.md5"
 RUN_TAG_CODE_VERSION = "code_version"
 RUN_TAG_EVAL_MD5 = "eval_md5"
 

@@ -1,0 +1,162 @@
+"""Typed training configuration: frozen dataclasses built from a YAML preset plus ``key=value`` overrides.
+
+Shipped presets: ``train_tiny`` (pixel-space tiny model, 64x64 crops, CPU minutes) and ``train_x4`` (the reference
+ResShift/DifIISR recipe: AdamW lr 5e-5, 5k warm-up, global batch 64, 256x256 crops, EMA 0.999).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from difiisr.config import ConfigError, apply_overrides, from_mapping, load_yaml, preset_path, to_mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which model to train: a model preset (``tiny``, ``x4`` or a YAML path) plus ``key=value`` overrides."""
+
+    preset: str = "tiny"
+    overrides: tuple[str, ...] = ()
+    # VQGAN f4 weights (released ``autoencoder_vq_f4.pth`` or a safetensors file); required for latent presets.
+    autoencoder_ckpt: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training data: a pairs folder (``paired``) or a folder of HR images with on-the-fly degradation (``online``)."""
+
+    mode: Literal["paired", "online"] = "paired"
+    # paired: a folder with hr/ and lr/ (written by 'difiisr degrade'); online: a folder of HR images.
+    train_dir: str = ""
+    gt_size: int = 64
+    hflip: bool = True
+    # Global batch per optimizer step: processes x grad_accum x per-process micro-batch.
+    batch_size: int = 8
+    workers: int = 0
+    # online mode: RealESRGANConfig field overrides (empty = the reference second-order settings).
+    degradation: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.gt_size <= 0 or self.gt_size % 4:
+            raise ConfigError(f"data.gt_size={self.gt_size}: must be a positive multiple of 4 (the x4 scale)")
+        if self.batch_size <= 0:
+            raise ConfigError(f"data.batch_size={self.batch_size}: must be >= 1 (the global batch per step)")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers={self.workers}: must be >= 0 (0 loads in the training process)")
+        if self.mode == "paired" and self.degradation:
+            raise ConfigError(
+                "data.degradation is only used with data.mode=online; remove it or set mode: online"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a linear warm-up, then a constant or cosine learning rate."""
+
+    lr: float = 5e-5
+    # cosine schedule: the learning rate reached at max_steps.
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 5000
+    schedule: Literal["constant", "cosine"] = "constant"
+    grad_accum: int = 1
+    # Clip the global gradient norm to this value; null disables clipping (the norm is still logged).
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr={self.lr}: must be > 0 (the reference uses 5e-5)")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"optim.min_lr={self.min_lr}: must be in [0, optim.lr={self.lr}]")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps}: must be >= 0")
+        if self.grad_accum < 1:
+            raise ConfigError(f"optim.grad_accum={self.grad_accum}: must be >= 1")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip={self.grad_clip}: must be > 0, or null to disable clipping")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)}: both must be in [0, 1), e.g. [0.9, 0.999]")
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowConfig:
+    """MLflow tracking; the server is whatever ``MLFLOW_TRACKING_URI`` says (default ``sqlite:///mlflow.db``)."""
+
+    enabled: bool = True
+    experiment: str = "difiisr-train"
+    run_name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """Periodic validation of the EMA model on a held-out pairs folder (PSNR_Y vs HR and vs bicubic)."""
+
+    dir: str | None = None
+    n_images: int = 4
+    sampler: Literal["onestep", "ddim", "ancestral"] = "ancestral"
+    # Sampling steps (respacing); null uses the model's diffusion.steps.
+    steps: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_images < 1:
+            raise ConfigError(f"validation.n_images={self.n_images}: must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; ``out_dir`` receives checkpoints, logs and the exported model folder."""
+
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    ema_decay: float = 0.999
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compile: bool = False
+    max_steps: int = 1000
+    log_every: int = 10
+    # Validate every N steps and at the end (0: only at the end); needs validation.dir.
+    val_every: int = 0
+    save_every: int = 1000
+    keep_checkpoints: int = 3
+    seed: int = 0
+    out_dir: str = "outputs/train"
+    # A released UNet checkpoint to fine-tune from (strict key check).
+    init_from: str | None = None
+    mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay={self.ema_decay}: must be in [0, 1) (the reference uses 0.999)")
+        for key in ("max_steps", "log_every", "save_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: must be >= 1")
+        if self.val_every < 0:
+            raise ConfigError(f"val_every={self.val_every}: must be >= 0 (0 validates only at the end)")
+        if not self.out_dir:
+            raise ConfigError("out_dir is empty; set out_dir to the folder for checkpoints and the model")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping (YAML-serialisable) of this config."""
+        return to_mapping(self)
+
+
+def load_train_config(path_or_name: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a training config from a YAML file or a shipped preset name (``train_tiny``), then apply overrides."""
+    candidate = Path(path_or_name)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        path = candidate
+    else:
+        path = preset_path(str(path_or_name))
+    data = apply_overrides(load_yaml(path), overrides)
+    try:
+        return from_mapping(TrainConfig, data, str(path))
+    except ConfigError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,83 @@
+"""Typed config loading: strict keys, type coercion, overrides and messages that name the key and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from difiisr.config import ConfigError, apply_overrides, flatten, from_mapping, load_yaml, preset_path, to_mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    name: str
+    steps: int = 10
+    mode: Literal["a", "b"] = "a"
+    inner: Inner = Inner()
+    maybe: Inner | None = None
+    path: Path | None = None
+
+
+def test_builds_nested_dataclasses_and_coerces_types():
+    cfg = from_mapping(Outer, {"name": "x", "steps": 3, "inner": {"lr": 1, "betas": [0.5, 0.6]}, "path": "/tmp/a"})
+    assert cfg == Outer("x", 3, "a", Inner(1.0, (0.5, 0.6)), None, Path("/tmp/a"))
+    assert isinstance(cfg.inner.lr, float)
+    assert to_mapping(cfg)["inner"] == {"lr": 1.0, "betas": [0.5, 0.6]}
+    assert flatten(to_mapping(cfg))["inner.betas"] == [0.5, 0.6]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "x", "stepz": 1}, r"cfg.yaml: unknown key\(s\) stepz for Outer; accepted keys: inner, maybe, mode"),
+        ({"name": "x", "steps": "ten"}, r"cfg.yaml.steps: expected an integer, got 'ten'"),
+        ({"name": "x", "steps": True}, r"cfg.yaml.steps: expected an integer"),
+        ({"name": "x", "mode": "c"}, r"cfg.yaml.mode: 'c' is not one of \['a', 'b'\]"),
+        ({"name": "x", "inner": {"lr": "fast"}}, r"cfg.yaml.inner.lr: expected a number, got 'fast'"),
+        ({"name": "x", "inner": {"betas": [1.0]}}, r"cfg.yaml.inner.betas: expected 2 values, got 1"),
+        ({"name": "x", "inner": 3}, r"cfg.yaml.inner: expected a mapping for Inner"),
+        ({}, r"cfg.yaml: .*missing 1 required positional argument: 'name'"),
+    ],
+)
+def test_errors_name_the_source_and_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(Outer, data, "cfg.yaml")
+
+
+def test_overrides_parse_values_as_yaml_and_numbers():
+    base = {"optim": {"lr": 1.0, "betas": [0.9, 0.99]}, "name": "a"}
+    out = apply_overrides(base, ["optim.lr=1e-4", "optim.betas=[0.5, 0.6]", "name=b", "new.key=true", "n=7"])
+    assert out == {"optim": {"lr": 1e-4, "betas": [0.5, 0.6]}, "name": "b", "new": {"key": True}, "n": 7}
+    assert base["optim"]["lr"] == 1.0  # the input is not modified
+    with pytest.raises(ConfigError, match=r"'optim\.lr': expected KEY=VALUE"):
+        apply_overrides(base, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"name is not a section"):
+        apply_overrides(base, ["name.x=1"])
+
+
+def test_yaml_files_and_presets(tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text("name: x\nsteps: 2\n")
+    assert from_mapping(Outer, load_yaml(good), str(good)).steps == 2
+    with pytest.raises(ConfigError, match=r"missing.yaml: config file not found"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+        load_yaml(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: top level must be a mapping"):
+        load_yaml(lst)
+    assert preset_path("x4").name == "x4.yaml"
+    with pytest.raises(ConfigError, match=r"unknown preset 'x5'; shipped presets: .*tiny.*x4"):
+        preset_path("x5")
