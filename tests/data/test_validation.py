@@ -263,3 +263,20 @@ def test_pairs_folder_must_have_hr_and_lr(tmp_path: Path) -> None:
 def test_config_checks() -> None:
     with pytest.raises(ValueError, match="ValidationConfig.sf must be >= 1, got 0"):
         ValidationConfig(sf=0)
+
+
+def test_variants_sharing_an_hr_pass_but_a_duplicated_pair_fails(pairs: Path) -> None:
+    hr_src, lr_src = pairs / "hr" / "synth_000002.png", pairs / "lr" / "synth_000002.png"
+    # A second LR variant of the same HR (what `difiisr degrade --variants 2` writes): the HR repeats by design.
+    shutil.copy(hr_src, pairs / "hr" / "synth_000002_v01.png")
+    lr = read_image(lr_src).pixels.copy()
+    lr[0, 0] = (int(lr[0, 0]) + 1) % 256
+    write_image(pairs / "lr" / "synth_000002_v01.png", lr)
+    assert validate_pairs(pairs, CFG).success
+    # The same pair twice (HR and LR identical) is a duplicate sample.
+    shutil.copy(hr_src, pairs / "hr" / "dup.png")
+    shutil.copy(lr_src, pairs / "lr" / "dup.png")
+    result = validate_pairs(pairs, CFG)
+    assert result.failures == [
+        Failure("unique_pairs", (str(pairs / "hr" / "dup.png"), str(pairs / "lr" / "dup.png"), str(hr_src), str(lr_src)))
+    ]

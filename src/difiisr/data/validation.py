@@ -175,7 +175,7 @@ def build_pair_table(hr: pd.DataFrame, lr: pd.DataFrame, sf: int) -> pd.DataFram
     """Full outer join of HR and LR image tables on file name, with ``matched`` and the sf x LR size columns."""
 
     def side(table: pd.DataFrame, prefix: str) -> pd.DataFrame:
-        cols = {c: f"{prefix}_{c}" for c in ("path", "width", "height", "bit_depth")}
+        cols = {c: f"{prefix}_{c}" for c in ("path", "width", "height", "bit_depth", "sha256")}
         out = table[list(cols)].rename(columns=cols)
         out.insert(0, "name", [Path(p).name for p in table["path"]])
         return out
@@ -189,6 +189,10 @@ def build_pair_table(hr: pd.DataFrame, lr: pd.DataFrame, sf: int) -> pd.DataFram
         ],
         dtype="Int64",
     )
+    pairs["pair_sha256"] = [
+        f"{h}:{l}" if isinstance(h, str) and isinstance(l, str) else None
+        for h, l in zip(pairs["hr_sha256"], pairs["lr_sha256"], strict=True)
+    ]
     pairs["sf_lr_width"] = pairs["lr_width"] * sf
     pairs["sf_lr_height"] = pairs["lr_height"] * sf
     return pairs.reset_index(drop=True)
@@ -205,7 +209,7 @@ class _Rule:
     file_columns: tuple[str, ...]  # columns that hold the files to name for a failing row
 
 
-def _image_rules(cfg: ValidationConfig, with_min_side: bool) -> list[_Rule]:
+def _image_rules(cfg: ValidationConfig, with_min_side: bool, unique_files: bool = True) -> list[_Rule]:
     import great_expectations as gx
 
     e = gx.expectations
@@ -245,12 +249,17 @@ def _image_rules(cfg: ValidationConfig, with_min_side: bool) -> list[_Rule]:
             e.ExpectColumnValuesToBeInSet(column="bit_depth", value_set=sorted(cfg.allowed_bit_depths)),
             ("path",),
         ),
-        _Rule(
-            "unique_sha256",
-            "no two files have identical content (sha256)",
-            e.ExpectColumnValuesToBeUnique(column="sha256"),
-            ("path",),
-        ),
+    ]
+    if unique_files:
+        rules.append(
+            _Rule(
+                "unique_sha256",
+                "no two files have identical content (sha256)",
+                e.ExpectColumnValuesToBeUnique(column="sha256"),
+                ("path",),
+            )
+        )
+    rules += [
         _Rule(
             "not_constant",
             "pixel values are not all equal (std > 0)",
@@ -267,6 +276,12 @@ def _pair_rules(cfg: ValidationConfig) -> list[_Rule]:
     e = gx.expectations
     both = ("hr_path", "lr_path")
     return [
+        _Rule(
+            "unique_pairs",
+            "no two pairs are identical (same HR and same LR content); LR variants of one HR share it by design",
+            e.ExpectColumnValuesToBeUnique(column="pair_sha256"),
+            both,
+        ),
         _Rule(
             "pairs_matched",
             "every hr/NAME has an lr/NAME and every lr/NAME an hr/NAME",
@@ -421,7 +436,8 @@ def validate_pairs(
     table = pd.concat([hr.assign(role="hr"), lr.assign(role="lr")], ignore_index=True)
     pairs = build_pair_table(hr, lr, cfg.sf)
     context = _gx_context()
-    outcomes = _run_suite(context, "images", table, _image_rules(cfg, with_min_side=False))
+    # HR files repeat across LR variants by design, so duplicates are judged per pair (rule unique_pairs).
+    outcomes = _run_suite(context, "images", table, _image_rules(cfg, with_min_side=False, unique_files=False))
     outcomes += _run_suite(context, "pairs", pairs, _pair_rules(cfg))
     return _result(root, "pairs", cfg, table, outcomes, pairs)
 
