@@ -101,7 +101,9 @@ def test_mlflow_models_serve_answers_invocations(mlflow_env, model_dir, tmp_path
     proc = subprocess.Popen(
         [mlflow_bin, "models", "serve", "-m", f"models:/{name}@{ALIAS_CHALLENGER}", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "DIFIISR_DEVICE": "cpu"}, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # as in an activated virtualenv: the scoring server is started as `uvicorn` from PATH
+        env={**os.environ, "DIFIISR_DEVICE": "cpu", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -134,3 +136,20 @@ def test_mlflow_models_serve_answers_invocations(mlflow_env, model_dir, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+
+
+def test_model_folder_resolves_run_and_registry_uris(mlflow_env, model_dir, tmp_path):
+    from difiisr.registry.resolve import ModelReferenceError, model_folder
+
+    name = f"difiisr-resolve-{uuid.uuid4().hex[:8]}"
+    run_id = _logged_run(model_dir)
+    register_run(run_id, name)
+    want = (model_dir / "unet.safetensors").read_bytes()
+    for i, ref in enumerate([f"runs:/{run_id}/model_folder", f"models:/{name}@{ALIAS_CHALLENGER}", f"models:/{name}/1"]):
+        got = model_folder(ref, tmp_path / str(i))
+        assert (got / "model.yaml").is_file() and (got / "unet.safetensors").read_bytes() == want, ref
+    assert model_folder(model_dir, tmp_path) == model_dir
+    with pytest.raises(ModelReferenceError, match="no such folder and not an MLflow URI"):
+        model_folder(tmp_path / "missing", tmp_path)
+    with pytest.raises(ModelReferenceError, match="cannot download from MLflow"):
+        model_folder(f"models:/{name}@nope", tmp_path / "x")

@@ -64,7 +64,7 @@ def make_python_model() -> Any:
             device = os.environ.get("DIFIISR_DEVICE", "auto")
             self._upscaler = Upscaler.from_folder(context.artifacts[ARTIFACT_KEY], device=device)
 
-        def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow infers schemas from hints
             return upscale_batch(self._upscaler, np.asarray(model_input), params)
 
     return _UpscalerPyfunc()
