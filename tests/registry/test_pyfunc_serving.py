@@ -62,6 +62,7 @@ def test_register_tags_and_pyfunc_matches_upscaler(mlflow_env, model_dir):
     name = f"difiisr-test-{uuid.uuid4().hex[:8]}"
     run_id = _logged_run(model_dir)
     mv = register_run(run_id, name)
+    assert str(register_run(run_id, name).version) == str(mv.version)  # a rerun reuses the version
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(name, ALIAS_CHALLENGER).version) == str(mv.version)
     tags = mv.tags

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import time
 from typing import Any
 
 from difiisr.registry.names import (
@@ -94,6 +95,21 @@ def _metric(mv: Any, metric: str, *, baseline: bool = False) -> float | None:
 def _gain(metric: str, new: float, ref: float) -> float:
     """Improvement of ``new`` over ``ref`` (positive is better) for the metric's direction."""
     return (ref - new) if metric in LOWER_IS_BETTER else (new - ref)
+
+
+def _set_alias(client: Any, name: str, alias: str, version: str, attempts: int = 6) -> None:
+    """Set an alias, retrying the server-side race of two writers on one alias (a UNIQUE constraint error)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as exc:
+            race = "UNIQUE constraint" in str(exc) or "IntegrityError" in str(exc)
+            if not race or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (2**attempt))
 
 
 def _now() -> str:
@@ -187,7 +203,7 @@ def _converge(client: Any, name: str, metric: str, eval_md5: str) -> str | None:
             "concurrent promotion detected: moving %s@%s from v%s to the better v%s",
             name, ALIAS_CHAMPION, str(current.version) if current else None, str(best.version),
         )  # fmt: skip
-        client.set_registered_model_alias(name, ALIAS_CHAMPION, str(best.version))
+        _set_alias(client, name, ALIAS_CHAMPION, str(best.version))
         if current is not None and str(current.version) != str(best.version):
             client.set_model_version_tag(
                 name, str(current.version), TAG_DECISION, "superseded",
@@ -233,8 +249,8 @@ def promote(
     if decision.promoted:
         c.set_model_version_tag(name, str(chal.version), TAG_REPLACED, str(champ.version) if champ else "")
         if champ is not None:
-            c.set_registered_model_alias(name, ALIAS_PREVIOUS, str(champ.version))
-        c.set_registered_model_alias(name, ALIAS_CHAMPION, str(chal.version))
+            _set_alias(c, name, ALIAS_PREVIOUS, str(champ.version))
+        _set_alias(c, name, ALIAS_CHAMPION, str(chal.version))
         final = _converge(c, name, metric, chal.tags.get(TAG_EVAL_MD5, ""))
         if final != str(chal.version):
             decision = dataclasses.replace(
@@ -258,13 +274,13 @@ def rollback(name: str, *, client: Any | None = None) -> tuple[str, str]:
             f"model {name!r} has no '{ALIAS_PREVIOUS}' alias; v{str(current.version)} was the first champion, "
             "so there is nothing to roll back to (set the alias by hand in the MLflow UI if you must)"
         )
-    c.set_registered_model_alias(name, ALIAS_CHAMPION, str(previous.version))
+    _set_alias(c, name, ALIAS_CHAMPION, str(previous.version))
     c.set_model_version_tag(name, str(current.version), TAG_ROLLED_BACK, "true")
     _tag_decision(c, name, str(current.version), "rolled-back", f"rolled back to v{str(previous.version)} at {_now()}")
     # Walk one step further back so that a second rollback is possible.
     older = previous.tags.get(TAG_REPLACED) or ""
     if older and older != str(previous.version):
-        c.set_registered_model_alias(name, ALIAS_PREVIOUS, older)
+        _set_alias(c, name, ALIAS_PREVIOUS, older)
     else:
         c.delete_registered_model_alias(name, ALIAS_PREVIOUS)
     log.info("%s: champion rolled back from v%s to v%s", name, str(current.version), str(previous.version))

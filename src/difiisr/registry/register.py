@@ -41,6 +41,21 @@ def config_hash(preset_mapping: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _same_registration(client: Any, name: str, run_id: str, eval_md5: str, metric_tags: dict[str, str]) -> Any:
+    """The version of ``name`` already registered from ``run_id`` with the same evaluation, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None
+    for mv in versions:
+        tags = mv.tags
+        if tags.get(TAG_EVAL_MD5) == eval_md5 and all(tags.get(k) == v for k, v in metric_tags.items()):
+            return mv
+    return None
+
+
 def register_run(
     run_id: str,
     name: str,
@@ -74,6 +89,13 @@ def register_run(
             f"run {run_id} has not been evaluated (no '{EVAL_METRIC_PREFIX}*' metrics or '{RUN_TAG_EVAL_MD5}' tag); "
             f"run 'difiisr evaluate --model runs:/{run_id}/{artifact_path} --pairs DIR --out DIR --run-id {run_id}' first"
         )
+    metric_tags = {f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in eval_metrics.items()}
+    existing = _same_registration(c, name, run_id, eval_md5, metric_tags)
+    if existing is not None:  # a rerun of the same step: reuse the version instead of registering a copy
+        c.set_registered_model_alias(name, ALIAS_CHALLENGER, existing.version)
+        log.info("%s v%s already registers run %s with these results; alias '%s' set", name, existing.version,
+                 run_id, ALIAS_CHALLENGER)  # fmt: skip
+        return c.get_model_version(name, existing.version)
     with tempfile.TemporaryDirectory(prefix="difiisr-register-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
@@ -94,7 +116,7 @@ def register_run(
         TAG_PRESET: preset.name,
         "run_id": run_id,
     }
-    tags.update({f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in eval_metrics.items()})
+    tags.update(metric_tags)
     for key, value in tags.items():
         c.set_model_version_tag(name, mv.version, key, value)
     c.set_registered_model_alias(name, ALIAS_CHALLENGER, mv.version)
