@@ -8,7 +8,15 @@ from typing import Literal
 
 import pytest
 
-from difiisr.config import ConfigError, apply_overrides, flatten, from_mapping, load_yaml, preset_path, to_mapping
+from difiisr.config import (
+    ConfigError,
+    apply_overrides,
+    flatten,
+    from_mapping,
+    load_yaml,
+    preset_path,
+    to_mapping,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +36,9 @@ class Outer:
 
 
 def test_builds_nested_dataclasses_and_coerces_types():
-    cfg = from_mapping(Outer, {"name": "x", "steps": 3, "inner": {"lr": 1, "betas": [0.5, 0.6]}, "path": "/tmp/a"})
+    cfg = from_mapping(
+        Outer, {"name": "x", "steps": 3, "inner": {"lr": 1, "betas": [0.5, 0.6]}, "path": "/tmp/a"}
+    )
     assert cfg == Outer("x", 3, "a", Inner(1.0, (0.5, 0.6)), None, Path("/tmp/a"))
     assert isinstance(cfg.inner.lr, float)
     assert to_mapping(cfg)["inner"] == {"lr": 1.0, "betas": [0.5, 0.6]}
@@ -38,7 +48,10 @@ def test_builds_nested_dataclasses_and_coerces_types():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"name": "x", "stepz": 1}, r"cfg.yaml: unknown key\(s\) stepz for Outer; accepted keys: inner, maybe, mode"),
+        (
+            {"name": "x", "stepz": 1},
+            r"cfg.yaml: unknown key\(s\) stepz for Outer; accepted keys: inner, maybe, mode",
+        ),
         ({"name": "x", "steps": "ten"}, r"cfg.yaml.steps: expected an integer, got 'ten'"),
         ({"name": "x", "steps": True}, r"cfg.yaml.steps: expected an integer"),
         ({"name": "x", "mode": "c"}, r"cfg.yaml.mode: 'c' is not one of \['a', 'b'\]"),

@@ -278,5 +278,8 @@ def test_variants_sharing_an_hr_pass_but_a_duplicated_pair_fails(pairs: Path) ->
     shutil.copy(lr_src, pairs / "lr" / "dup.png")
     result = validate_pairs(pairs, CFG)
     assert result.failures == [
-        Failure("unique_pairs", (str(pairs / "hr" / "dup.png"), str(pairs / "lr" / "dup.png"), str(hr_src), str(lr_src)))
+        Failure(
+            "unique_pairs",
+            (str(pairs / "hr" / "dup.png"), str(pairs / "lr" / "dup.png"), str(hr_src), str(lr_src)),
+        )
     ]

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from difiisr.cli.main import main as cli
 from difiisr.registry.names import (
@@ -71,13 +72,13 @@ def test_first_model_must_beat_bicubic(registry):
     assert d.challenger_value == pytest.approx(28.02) and d.reference_value == pytest.approx(28.0)
     assert client.get_model_version(name, "1").tags[TAG_DECISION] == "rejected"
     assert "28.0200 vs bicubic baseline 28.0000" in client.get_model_version(name, "1").tags[TAG_REASON]
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException, match="champion"):
         champion(client, name)
 
     add_version(client, name, psnr_y=29.0, bicubic=28.0)
     d = promote(name, min_delta=0.05)
     assert d.promoted and champion(client, name) == "2"
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException, match="previous-champion"):
         client.get_model_version_by_alias(name, ALIAS_PREVIOUS)
 
 

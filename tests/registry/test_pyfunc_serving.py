@@ -98,7 +98,7 @@ def test_mlflow_models_serve_answers_invocations(mlflow_env, model_dir, tmp_path
     register_run(_logged_run(model_dir), name)
     port = _free_port()
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [mlflow_bin, "models", "serve", "-m", f"models:/{name}@{ALIAS_CHALLENGER}", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
@@ -116,7 +116,9 @@ def test_mlflow_models_serve_answers_invocations(mlflow_env, model_dir, tmp_path
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "server did not come up: " + (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (
+                "server did not come up: " + (tmp_path / "serve.log").read_text()[-3000:]
+            )
             time.sleep(0.5)
         lr = _lr_image()
         body = json.dumps({"inputs": lr[None].tolist(), "params": {"seed": 5}}).encode()
@@ -146,7 +148,9 @@ def test_model_folder_resolves_run_and_registry_uris(mlflow_env, model_dir, tmp_
     run_id = _logged_run(model_dir)
     register_run(run_id, name)
     want = (model_dir / "unet.safetensors").read_bytes()
-    for i, ref in enumerate([f"runs:/{run_id}/model_folder", f"models:/{name}@{ALIAS_CHALLENGER}", f"models:/{name}/1"]):
+    for i, ref in enumerate(
+        [f"runs:/{run_id}/model_folder", f"models:/{name}@{ALIAS_CHALLENGER}", f"models:/{name}/1"]
+    ):
         got = model_folder(ref, tmp_path / str(i))
         assert (got / "model.yaml").is_file() and (got / "unet.safetensors").read_bytes() == want, ref
     assert model_folder(model_dir, tmp_path) == model_dir

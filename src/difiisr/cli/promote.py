@@ -10,9 +10,13 @@ from difiisr.registry.names import DEFAULT_MODEL_NAME, RegistryError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``difiisr promote``."""
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
-    parser.add_argument("--metric", default="psnr_y", help="evaluation metric to compare (psnr_y, ssim_y, niqe, ...)")
+    parser.add_argument(
+        "--metric", default="psnr_y", help="evaluation metric to compare (psnr_y, ssim_y, niqe, ...)"
+    )
     parser.add_argument("--min-delta", type=float, default=0.05, help="required improvement in metric units")
-    parser.add_argument("--version", default=None, help="compare this version instead of the 'challenger' alias")
+    parser.add_argument(
+        "--version", default=None, help="compare this version instead of the 'challenger' alias"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,9 @@ from difiisr.registry.names import DEFAULT_MODEL_NAME, RegistryError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``difiisr register``."""
-    parser.add_argument("--run-id", required=True, help="MLflow run that holds the model folder and evaluation")
+    parser.add_argument(
+        "--run-id", required=True, help="MLflow run that holds the model folder and evaluation"
+    )
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=1, help="signature: 1 grey, 3 RGB")
     parser.add_argument("--artifact-path", default="model_folder", help="artifact path of the model folder")

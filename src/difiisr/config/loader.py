@@ -64,7 +64,9 @@ def _parse_scalar(text: str) -> Any:
     return value
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], source: str = "--set") -> dict[str, Any]:
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Sequence[str], source: str = "--set"
+) -> dict[str, Any]:
     """Return a deep copy of ``data`` with ``a.b.c=value`` overrides applied (values parsed as YAML)."""
     out = _deepcopy(data)
     for item in overrides:
@@ -123,7 +125,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+            return tuple(
+                _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
         item_tp = args[0] if args else Any
         return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping) or tp is dict:

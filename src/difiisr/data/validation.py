@@ -190,8 +190,8 @@ def build_pair_table(hr: pd.DataFrame, lr: pd.DataFrame, sf: int) -> pd.DataFram
         dtype="Int64",
     )
     pairs["pair_sha256"] = [
-        f"{h}:{l}" if isinstance(h, str) and isinstance(l, str) else None
-        for h, l in zip(pairs["hr_sha256"], pairs["lr_sha256"], strict=True)
+        f"{hr_sha}:{lr_sha}" if isinstance(hr_sha, str) and isinstance(lr_sha, str) else None
+        for hr_sha, lr_sha in zip(pairs["hr_sha256"], pairs["lr_sha256"], strict=True)
     ]
     pairs["sf_lr_width"] = pairs["lr_width"] * sf
     pairs["sf_lr_height"] = pairs["lr_height"] * sf
@@ -437,7 +437,9 @@ def validate_pairs(
     pairs = build_pair_table(hr, lr, cfg.sf)
     context = _gx_context()
     # HR files repeat across LR variants by design, so duplicates are judged per pair (rule unique_pairs).
-    outcomes = _run_suite(context, "images", table, _image_rules(cfg, with_min_side=False, unique_files=False))
+    outcomes = _run_suite(
+        context, "images", table, _image_rules(cfg, with_min_side=False, unique_files=False)
+    )
     outcomes += _run_suite(context, "pairs", pairs, _pair_rules(cfg))
     return _result(root, "pairs", cfg, table, outcomes, pairs)
 

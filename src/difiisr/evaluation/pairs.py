@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from difiisr.data.fingerprint import MD5_DEFINITION
 from difiisr.data.fingerprint import dataset_md5 as fingerprint_md5
-
 
 
 class PairsError(ValueError):

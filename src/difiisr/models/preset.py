@@ -35,7 +35,9 @@ class ModelPreset:
         if self.latent and self.autoencoder is None:
             raise ConfigError(f"preset {self.name!r}: latent: true needs an 'autoencoder' section")
         if not self.latent and self.autoencoder is not None:
-            raise ConfigError(f"preset {self.name!r}: latent: false (pixel space) must have autoencoder: null")
+            raise ConfigError(
+                f"preset {self.name!r}: latent: false (pixel space) must have autoencoder: null"
+            )
         if self.diffusion.latent != self.latent:
             raise ConfigError(
                 f"preset {self.name!r}: diffusion.latent ({self.diffusion.latent}) must equal latent ({self.latent})"
@@ -53,9 +55,13 @@ def preset_from_mapping(data: Mapping[str, Any], source: str = "preset") -> Mode
     unknown = sorted(set(data) - set(PRESET_KEYS))
     missing = sorted(k for k in PRESET_KEYS if k not in data)
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; a preset has {', '.join(PRESET_KEYS)}")
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; a preset has {', '.join(PRESET_KEYS)}"
+        )
     if missing:
-        raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}; a preset has {', '.join(PRESET_KEYS)}")
+        raise ConfigError(
+            f"{source}: missing key(s) {', '.join(missing)}; a preset has {', '.join(PRESET_KEYS)}"
+        )
     return from_mapping(ModelPreset, dict(data), source)
 
 

@@ -172,9 +172,7 @@ def _decide(name: str, chal: Any, champ: Any | None, metric: str, min_delta: flo
         )  # fmt: skip
     gain = _gain(metric, value, ref)
     ok = gain >= min_delta
-    reason = (
-        f"{metric} {value:.4f} vs champion v{str(champ.version)} {ref:.4f} (gain {gain:+.4f}, needs >= {min_delta:g})"
-    )
+    reason = f"{metric} {value:.4f} vs champion v{str(champ.version)} {ref:.4f} (gain {gain:+.4f}, needs >= {min_delta:g})"
     return Decision(
         name, str(chal.version), ok, "promoted" if ok else "rejected", metric, value, f"champion v{str(champ.version)}", ref,
         min_delta, reason, str(chal.version) if ok else str(champ.version),
@@ -192,7 +190,11 @@ def _converge(client: Any, name: str, metric: str, eval_md5: str) -> str | None:
         and _metric(mv, metric) is not None
     ]
     current = _alias_version(client, name, ALIAS_CHAMPION)
-    if current is not None and current.tags.get(TAG_EVAL_MD5) == eval_md5 and _metric(current, metric) is not None:
+    if (
+        current is not None
+        and current.tags.get(TAG_EVAL_MD5) == eval_md5
+        and _metric(current, metric) is not None
+    ):
         approved.append(current)
     if not approved:
         return str(current.version) if current else None
@@ -256,7 +258,8 @@ def promote(
             decision = dataclasses.replace(
                 decision,
                 champion=final,
-                reason=decision.reason + f"; a concurrent promotion of the better v{final} now holds champion",
+                reason=decision.reason
+                + f"; a concurrent promotion of the better v{final} now holds champion",
             )
     log.info(decision.summary())
     return decision
@@ -276,7 +279,9 @@ def rollback(name: str, *, client: Any | None = None) -> tuple[str, str]:
         )
     _set_alias(c, name, ALIAS_CHAMPION, str(previous.version))
     c.set_model_version_tag(name, str(current.version), TAG_ROLLED_BACK, "true")
-    _tag_decision(c, name, str(current.version), "rolled-back", f"rolled back to v{str(previous.version)} at {_now()}")
+    _tag_decision(
+        c, name, str(current.version), "rolled-back", f"rolled back to v{str(previous.version)} at {_now()}"
+    )
     # Walk one step further back so that a second rollback is possible.
     older = previous.tags.get(TAG_REPLACED) or ""
     if older and older != str(previous.version):

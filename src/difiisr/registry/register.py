@@ -41,7 +41,9 @@ def config_hash(preset_mapping: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _same_registration(client: Any, name: str, run_id: str, eval_md5: str, metric_tags: dict[str, str]) -> Any:
+def _same_registration(
+    client: Any, name: str, run_id: str, eval_md5: str, metric_tags: dict[str, str]
+) -> Any:
     """The version of ``name`` already registered from ``run_id`` with the same evaluation, if any."""
     from mlflow.exceptions import MlflowException
 
@@ -80,9 +82,13 @@ def register_run(
     try:
         run = c.get_run(run_id)
     except MlflowException as exc:
-        raise RegistryError(f"run {run_id!r} not found at {mlflow.get_tracking_uri()}: {exc.message}") from None
+        raise RegistryError(
+            f"run {run_id!r} not found at {mlflow.get_tracking_uri()}: {exc.message}"
+        ) from None
     metrics = run.data.metrics
-    eval_metrics = {k[len(EVAL_METRIC_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_METRIC_PREFIX)}
+    eval_metrics = {
+        k[len(EVAL_METRIC_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_METRIC_PREFIX)
+    }
     eval_md5 = run.data.tags.get(RUN_TAG_EVAL_MD5)
     if not eval_metrics or not eval_md5:
         raise RegistryError(
@@ -98,7 +104,9 @@ def register_run(
         return c.get_model_version(name, existing.version)
     with tempfile.TemporaryDirectory(prefix="difiisr-register-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact_path, dst_path=tmp
+            )
         except (MlflowException, OSError) as exc:
             raise RegistryError(
                 f"run {run_id} has no model folder at artifact path '{artifact_path}' ({exc}); "

@@ -3,6 +3,7 @@
 ``train(load_train_config("train_tiny", ["data.train_dir=pairs/"]))`` trains and exports a model folder.
 """
 
+from difiisr.data.fingerprint import dataset_md5
 from difiisr.training.checkpointing import EXIT_PREEMPTED, ResumeError, latest_checkpoint
 from difiisr.training.config import (
     DataConfig,
@@ -13,7 +14,6 @@ from difiisr.training.config import (
     ValidationConfig,
     load_train_config,
 )
-from difiisr.data.fingerprint import dataset_md5
 from difiisr.training.ema import EMA
 from difiisr.training.loop import TrainError, TrainResult, train
 

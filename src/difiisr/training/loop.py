@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from difiisr.config import flatten
+from difiisr.data.fingerprint import dataset_md5
 from difiisr.models.preset import ModelPreset, load_preset
 from difiisr.storage import atomic_write_text
 from difiisr.training.checkpointing import (
@@ -42,7 +43,6 @@ from difiisr.training.checkpointing import (
 )
 from difiisr.training.config import TrainConfig
 from difiisr.training.data import MicroBatchStream, PatchDataset, ResumableBatchSampler, hr_items, pair_items
-from difiisr.data.fingerprint import dataset_md5
 from difiisr.training.ema import EMA
 from difiisr.training.schedule import make_scheduler
 from difiisr.training.seeds import derive_seed, generator_for
