@@ -31,6 +31,10 @@ echo "== 4/8 validate pairs"
 $DIFIISR validate-data "$D/pairs/train" --pairs --report-dir "$D/reports/validate_pairs_train"
 $DIFIISR validate-data "$D/pairs/test" --pairs --report-dir "$D/reports/validate_pairs_test"
 
+echo "== 4b/8 version the data with DVC"
+if [ "${STACK:-0}" = "1" ]; then REMOTE=s3://difiisr-dvc/demo; else REMOTE="$(cd "$D" && pwd)/dvc-remote"; fi
+$DIFIISR version-data --workspace "$D" --remote "$REMOTE" hr/train hr/test pairs/train pairs/test
+
 echo "== 5/8 train the tiny pixel-space model (resumes if interrupted)"
 $DIFIISR train --config train_tiny --resume \
   --set data.train_dir="$D/pairs/train" --set validation.dir="$D/pairs/test" \

@@ -17,6 +17,7 @@ from difiisr import __version__
 # verb -> (module, one-line help). Help text lives here so --help need not import the verb's module.
 VERBS: dict[str, tuple[str, str]] = {
     "synth-data": ("difiisr.cli.synth_data", "generate seeded synthetic thermal (IR) frames"),
+    "version-data": ("difiisr.cli.version_data", "track data folders with DVC and push them to a remote"),
     "degrade": ("difiisr.cli.degrade", "make LR/HR pairs (Real-ESRGAN second order or bicubic protocol)"),
     "validate-data": ("difiisr.cli.validate_data", "run the data expectation suite over images or pairs"),
     "upscale": ("difiisr.cli.upscale", "x4 super-resolve images with a preset and checkpoints"),
