@@ -124,6 +124,23 @@ def test_batch_scope_shares_resize_of_first_image(pipeline, hr) -> None:
     assert float(diff.max()) <= 1 / 255 + 1e-6 and float((diff > 0).float().mean()) < 0.01
 
 
+def test_batch_scope_output_does_not_depend_on_position_or_companions(pipeline) -> None:
+    """Beyond the shared resizes (drawn by the lead images), an image's LR is the same in any batch order or
+    subset: the per-size blur groups, noise draws, JPEG chunks and final groups never mix images."""
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(10, 3, SIZE, SIZE, generator=gen)
+    for seed in (0, 3):
+        seeds = image_seeds(seed, 10)
+        lr, records = pipeline(images, seeds)
+        lead2 = next(i for i, r in enumerate(records) if r["second_order"])
+        leads = [0] + ([lead2] if lead2 else [])
+        rest = [i for i in range(10) if i not in leads]
+        for order in (leads + rest[::-1], leads + rest[1::2]):
+            out, recs = pipeline(images[order], [seeds[i] for i in order])
+            assert torch.equal(out, lr[order])
+            assert recs == [records[i] for i in order]
+
+
 def test_image_scope_output_depends_only_on_own_seed(hr) -> None:
     pipe = RealESRGANDegradation(RealESRGANConfig(resize_scope="image"))
     lr, records = pipe(hr, 8)
@@ -292,6 +309,7 @@ def test_build_kernel_uses_basicsr_builders_and_pads() -> None:
     assert k.shape == (21, 21) and abs(k.sum() - 1.0) < 1e-12
     np.testing.assert_array_equal(k[7:14, 7:14], deg.bivariate_Gaussian(7, 1.3, 0.6, 0.4, isotropic=False))
     assert np.count_nonzero(k[:7]) == 0
+    np.testing.assert_array_equal(build_kernel(spec), k[7:14, 7:14])  # unpadded: the kernel's own size
     sinc = build_kernel({"type": "sinc", "size": 9, "cutoff": 1.5}, 15)
     assert abs(sinc.sum() - 1.0) < 1e-9 and np.isfinite(sinc).all()
 

@@ -48,7 +48,8 @@ class RealESRGANConfig:
     use_hflip: bool = True
     use_rot: bool = False
 
-    # stage 1 blur
+    # stage 1 blur (blur_kernel_size: the largest kernel side; the reference zero-pads every kernel to it,
+    # here each kernel runs at its own size, which gives the same pixels)
     blur_kernel_size: int = 21
     kernel_size_range: tuple[int, int] = (3, 19)
     kernel_list: tuple[str, ...] = field(default_factory=_default_kernels)

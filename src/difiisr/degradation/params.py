@@ -189,8 +189,8 @@ def basicsr_degradations() -> ModuleType:
     return degradations
 
 
-def build_kernel(spec: dict[str, Any], pad_to: int) -> np.ndarray:
-    """The ``(pad_to, pad_to)`` float64 kernel (sum 1) of a ``kernel1``/``kernel2``/``final_sinc`` record."""
+def build_kernel(spec: dict[str, Any], pad_to: int | None = None) -> np.ndarray:
+    """Float64 kernel (sum 1) of a kernel1/kernel2/final_sinc record: (size,size) or zero-padded to pad_to."""
     deg = basicsr_degradations()
     size = int(spec["size"])
     kind = spec.get("type", "sinc")
@@ -210,14 +210,10 @@ def build_kernel(spec: dict[str, Any], pad_to: int) -> np.ndarray:
             raise ValueError(
                 f"kernel record has unknown type {kind!r}; expected 'sinc' or one of {KERNEL_TYPES}"
             )
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if pad_to is None:
+        return kernel
     if size > pad_to:
         raise ValueError(f"kernel size {size} exceeds the padded size {pad_to}")
     pad = (pad_to - size) // 2
-    return np.pad(np.asarray(kernel, dtype=np.float64), ((pad, pad), (pad, pad)))
-
-
-def pulse_kernel(size: int) -> np.ndarray:
-    """The ``(size, size)`` identity kernel (1 at the centre): filtering with it changes nothing."""
-    kernel = np.zeros((size, size), dtype=np.float64)
-    kernel[size // 2, size // 2] = 1.0
-    return kernel
+    return np.pad(kernel, ((pad, pad), (pad, pad)))

@@ -5,8 +5,16 @@
     final:  [resize to HR/sf + sinc] then JPEG, or JPEG then [resize to HR/sf + sinc] (each with p=0.5)
     output: clamp to [0,1] and round to 1/levels (levels=255 for 8-bit, 65535 for 16-bit)
 
-Built on basicsr (``filter2D`` with one kernel per image, ``DiffJPEG`` with one quality per image, the kernel
-builders) plus ``torch.nn.functional.interpolate``, as the reference ResShift/DifIISR code does.
+Built on basicsr (``filter2D``'s arithmetic with one kernel per image, ``DiffJPEG`` with one quality per
+image, the kernel builders) plus ``torch.nn.functional.interpolate``, as the reference ResShift/DifIISR code
+does.
+
+Batching. A call does each step once for the whole batch where the math allows, and per image only where it
+must: blurs run one grouped depthwise conv per kernel size (``blur.py``; kernels at their own size, not padded
+to 21), noise arithmetic runs batched around per-image seeded draws (``noise.py``; the draws run on
+``torch.get_num_threads()`` threads), JPEG runs in cache-sized chunks with a per-image quality tensor, and
+each resize is one ``interpolate`` per shared size and mode. An image's pixels never depend on its position
+in the batch or on the other images, apart from the shared resizes below; a batch of one is the same code.
 
 Randomness. Every image has an integer seed (``seeding.image_seeds``). Its parameters come from
 ``sample_params`` with a numpy generator derived from that seed, its noise fields from a ``torch.Generator``
@@ -40,10 +48,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from difiisr.degradation.config import RealESRGANConfig
+from difiisr.degradation.blur import filter_per_image
+from difiisr.degradation.config import RESIZE_MODES, RealESRGANConfig
 from difiisr.degradation.crop import apply_crop, sample_crop
-from difiisr.degradation.noise import NoiseSource, noise_field
-from difiisr.degradation.params import FINAL_ORDERS, build_kernel, import_basicsr, pulse_kernel, sample_params
+from difiisr.degradation.noise import add_noise
+from difiisr.degradation.params import FINAL_ORDERS, build_kernel, import_basicsr, sample_params
 from difiisr.degradation.seeding import SeedLike, crop_rng, image_seeds, noise_source, params_rng
 
 log = logging.getLogger(__name__)
@@ -187,34 +196,22 @@ class RealESRGANDegradation:
         # at half the per-image speed; ~256k pixels per call measured fastest there (each image's result is
         # the same).
         chunk = b if x.device.type != "cpu" else max(1, _CPU_JPEG_CHUNK_PIXELS // (h * w))
-        outs = []
+        # DiffJPEG returns a cropped view in channels-last order; later resizes and blurs run several times
+        # faster on a contiguous tensor, so the chunks are copied into one
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
         for i in range(0, b, chunk):
             q = torch.tensor(list(qualities[i : i + chunk]), dtype=torch.float32, device=x.device)
-            outs.append(jpeger(x[i : i + chunk].clamp(0.0, 1.0), quality=q))  # DiffJPEG rewrites q in place
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+            out[i : i + chunk] = jpeger(x[i : i + chunk].clamp(0.0, 1.0), quality=q)  # it rewrites q in place
+        return out
 
     @staticmethod
-    def _filter(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-        """basicsr ``filter2D``: (B,C,H,W) filtered with one kernel per image ``(B,k,k)``, reflect padding."""
-        import_basicsr()
-        from basicsr.utils.img_process_util import filter2D
+    def _blur(x: torch.Tensor, specs: Sequence[dict[str, Any] | None]) -> torch.Tensor:
+        """Image i of (B,3,H,W) blurred by the kernel of ``specs[i]`` at its own size (None: unchanged)."""
+        return filter_per_image(x, [None if s is None else build_kernel(s) for s in specs])
 
-        return filter2D(x.contiguous(), kernels)  # it reshapes with .view, which needs a contiguous input
-
-    def _kernels(
-        self, specs: Sequence[dict[str, Any] | None], size: int, device: torch.device
-    ) -> torch.Tensor:
-        arrays = [pulse_kernel(size) if s is None else build_kernel(s, size) for s in specs]
-        return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(device)
-
-    def _add_noise(
-        self, x: torch.Tensor, specs: Sequence[dict[str, Any]], gens: Sequence[NoiseSource]
-    ) -> torch.Tensor:
-        """Each image plus its own noise field, clamped to [0,1] (reference: ``clip=True``)."""
-        out = x.clone()
-        for i, (spec, gen) in enumerate(zip(specs, gens, strict=True)):
-            out[i].add_(noise_field(x[i : i + 1], spec, gen)[0])
-        return out.clamp_(0.0, 1.0)
+    def _workers(self, device: torch.device) -> int:
+        """Threads for the per-image noise draws: torch's intra-op thread count on CPU, else 1."""
+        return torch.get_num_threads() if device.type == "cpu" else 1
 
     def _degrade(
         self, x: torch.Tensor, recs: list[dict[str, Any]], seeds: Sequence[int], levels: int
@@ -222,69 +219,71 @@ class RealESRGANDegradation:
         c = self.config
         dev = x.device
         b, _, h, w = x.shape
+        lr_size = (h // c.sf, w // c.sf)
         gens = [noise_source(s, dev) for s in seeds]
+        workers = self._workers(dev)
 
         # ---- stage 1: blur, resize (shared), noise, JPEG
-        out = self._filter(x, self._kernels([r["kernel1"] for r in recs], c.blur_kernel_size, dev))
+        out = self._blur(x, [r["kernel1"] for r in recs])
         lead = recs[0]["resize1"]
         out = F.interpolate(out, scale_factor=lead["scale"], mode=lead["mode"])
         for i, r in enumerate(recs):
             r["resize1"] = {**lead, "size": list(out.shape[-2:]), "shared": i > 0}
-        out = self._add_noise(out, [r["noise1"] for r in recs], gens)
+        out = add_noise(out, [r["noise1"] for r in recs], gens, workers=workers)
         out = self._jpeg(out, [r["jpeg1"] for r in recs])
 
-        # ---- stage 2 on the images that have one
-        groups: list[tuple[list[int], torch.Tensor]] = []
+        # ---- stage 2 on the images that have one; `parts` holds (image indices, images of one size)
+        parts: list[tuple[list[int], torch.Tensor]] = []
         second = [i for i, r in enumerate(recs) if r["second_order"]]
         first = [i for i, r in enumerate(recs) if not r["second_order"]]
         if first:
-            groups.append((first, out if len(first) == b else out[first]))
+            parts.append((first, _take(out, first, b)))
         if second:
-            sub = out if len(second) == b else out[second]
-            if any(recs[i]["blur2"] for i in second):
-                sub = self._filter(
-                    sub, self._kernels([recs[i]["kernel2"] for i in second], c.blur_kernel_size2, dev)
-                )
+            sub = self._blur(_take(out, second, b), [recs[i]["kernel2"] for i in second])
             lead2 = recs[second[0]]["resize2"]
             size2 = (int(h / c.sf * lead2["scale"]), int(w / c.sf * lead2["scale"]))
             sub = F.interpolate(sub, size=size2, mode=lead2["mode"])
             for k, i in enumerate(second):
                 recs[i]["resize2"] = {**lead2, "size": list(size2), "shared": k > 0}
-            sub = self._add_noise(sub, [recs[i]["noise2"] for i in second], [gens[i] for i in second])
-            groups.append((second, sub))
+            sub = add_noise(
+                sub, [recs[i]["noise2"] for i in second], [gens[i] for i in second], workers=workers
+            )
+            parts.append((second, sub))
 
-        # ---- final: [resize back + sinc] and JPEG, in each image's order
-        lr = torch.empty((b, 3, h // c.sf, w // c.sf), dtype=torch.float32, device=dev)
-        for idx, t in groups:
-            for order in FINAL_ORDERS:
-                pos = [k for k, i in enumerate(idx) if recs[i]["final_order"] == order]
-                if not pos:
-                    continue
-                part = t if len(pos) == len(idx) else t[pos]
-                sel = [idx[k] for k in pos]
-                if order == "resize_sinc_then_jpeg":
-                    part = self._final_resize_sinc(part, [recs[i] for i in sel], (h // c.sf, w // c.sf))
-                    part = self._jpeg(part, [recs[i]["jpeg2"] for i in sel])
-                else:
-                    part = self._jpeg(part, [recs[i]["jpeg2"] for i in sel])
-                    part = self._final_resize_sinc(part, [recs[i] for i in sel], (h // c.sf, w // c.sf))
-                lr[sel] = part
+        # ---- final, in each image's order: "resize_sinc_then_jpeg" or "jpeg_then_resize_sinc". Every image
+        # is resized to the LR size and sinc-filtered there, so the images that JPEG first are compressed at
+        # their own size, then all images are resized (one call per size and mode), sinc-filtered together,
+        # and those that JPEG last are compressed together at the LR size.
+        lr = torch.empty((b, 3, *lr_size), dtype=torch.float32, device=dev)
+        for idx, t in parts:
+            early = [k for k, i in enumerate(idx) if recs[i]["final_order"] == FINAL_ORDERS[1]]
+            if early:
+                jpeg = self._jpeg(_take(t, early, len(idx)), [recs[idx[k]]["jpeg2"] for k in early])
+                if len(early) == len(idx):
+                    t = jpeg
+                else:  # in place: t is a tensor of this call that nothing reads afterwards
+                    t[early] = jpeg
+            for mode in RESIZE_MODES:
+                pos = [k for k, i in enumerate(idx) if recs[i]["final_resize_mode"] == mode]
+                if pos:
+                    lr[[idx[k] for k in pos]] = F.interpolate(
+                        _take(t, pos, len(idx)), size=lr_size, mode=mode
+                    )
+        lr = self._blur(lr, [r["final_sinc"] for r in recs])
+        late = [i for i, r in enumerate(recs) if r["final_order"] == FINAL_ORDERS[0]]
+        if late:
+            jpeg = self._jpeg(_take(lr, late, b), [recs[i]["jpeg2"] for i in late])
+            if len(late) == b:
+                lr = jpeg
+            else:
+                lr[late] = jpeg
 
         if c.force_gray:
             lr = lr.mean(dim=1, keepdim=True)
         lr = torch.clamp((lr * levels).round(), 0, levels) / levels
         return lr.expand(b, 3, -1, -1).contiguous() if c.force_gray else lr
 
-    def _final_resize_sinc(
-        self, x: torch.Tensor, recs: list[dict[str, Any]], size: tuple[int, int]
-    ) -> torch.Tensor:
-        out = torch.empty((x.shape[0], x.shape[1], *size), dtype=x.dtype, device=x.device)
-        for mode in sorted({r["final_resize_mode"] for r in recs}):
-            pos = [k for k, r in enumerate(recs) if r["final_resize_mode"] == mode]
-            part = x if len(pos) == len(recs) else x[pos]
-            out[pos] = F.interpolate(part, size=size, mode=mode)
-        if all(r["final_sinc"] is None for r in recs):
-            return out  # filtering with the identity pulse changes nothing
-        return self._filter(
-            out, self._kernels([r["final_sinc"] for r in recs], self.config.blur_kernel_size2, x.device)
-        )
+
+def _take(x: torch.Tensor, idx: list[int], total: int) -> torch.Tensor:
+    """``x[idx]`` along dim 0, or ``x`` itself when ``idx`` is all ``total`` images in order."""
+    return x if len(idx) == total else x[idx]
