@@ -1,13 +1,16 @@
-"""VQGAN f4: released layout (x4 on the meta device), attention equal to the naive softmax, shapes, quantiser."""
+"""VQGAN f4: released layout (x4 on the meta device), attention equal to the naive softmax, shapes, quantiser,
+and the lean inference path (in place, strip-wise) equal bit for bit to the plain forward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import difiisr.models.vqgan as vqgan
 from difiisr.config import ConfigError, from_mapping, load_yaml, preset_path
-from difiisr.models.vqgan import AttnBlock, VectorQuantizer, VQGANConfig, VQGANf4
+from difiisr.models.vqgan import AttnBlock, ResnetBlock, VectorQuantizer, VQGANConfig, VQGANf4
 
 SMALL = VQGANConfig(
     n_embed=64, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(16,), resolution=32
@@ -138,3 +141,200 @@ def test_attention_runs_on_the_fused_kernel() -> None:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             out = block(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lean inference path. The reference below is a copy of the plain forward as it was before the lean path existed
+# (out-of-place ops, whole-image convolutions, codebook distances in chunks of 4096); the lean path must give
+# exactly its numbers in fp32 on CPU.
+
+CL = torch.channels_last
+
+
+def ref_resnet(block: ResnetBlock, x: torch.Tensor) -> torch.Tensor:
+    h = block.conv1(F.silu(block.norm1(x)))
+    h = block.conv2(block.dropout(F.silu(block.norm2(h))))
+    return (x if block.nin_shortcut is None else block.nin_shortcut(x)) + h
+
+
+def ref_attn(block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    hn = block.norm(x)
+
+    def tokens(conv: torch.nn.Module) -> torch.Tensor:
+        return conv(hn).reshape(b, 1, c, h * w).transpose(-1, -2).contiguous()
+
+    out = F.scaled_dot_product_attention(tokens(block.q), tokens(block.k), tokens(block.v))
+    return x + block.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def ref_levels(levels: list, h: torch.Tensor, resample: str) -> torch.Tensor:
+    for level in levels:
+        for i, block in enumerate(level.block):
+            h = ref_resnet(block, h)
+            if len(level.attn):
+                h = ref_attn(level.attn[i], h)
+        if resample == "down" and hasattr(level, "downsample"):
+            h = level.downsample.conv(F.pad(h, (0, 1, 0, 1)))
+        if resample == "up" and hasattr(level, "upsample"):
+            h = level.upsample.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+    return h
+
+
+def ref_mid(mid: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return ref_resnet(mid.block_2, ref_attn(mid.attn_1, ref_resnet(mid.block_1, h)))
+
+
+def ref_encoder(enc: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = ref_mid(enc.mid, ref_levels(list(enc.down), enc.conv_in(x), "down"))
+    return enc.conv_out(F.silu(enc.norm_out(h)))
+
+
+def ref_decoder(dec: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    h = ref_levels(list(reversed(dec.up)), ref_mid(dec.mid, dec.conv_in(z)), "up")
+    return dec.conv_out(F.silu(dec.norm_out(h)))
+
+
+def ref_quantize(quant: VectorQuantizer, z: torch.Tensor) -> torch.Tensor:
+    b, d, h, w = z.shape
+    flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
+    codes = quant.embedding.weight.float()
+    code_sq = codes.pow(2).sum(dim=1)
+    idx = torch.empty(flat.shape[0], dtype=torch.long)
+    for start in range(0, flat.shape[0], 4096):
+        part = flat[start : start + 4096]
+        dist = part.pow(2).sum(dim=1, keepdim=True) + code_sq - 2.0 * part @ codes.t()
+        idx[start : start + 4096] = dist.argmin(dim=1)
+    return quant.embedding(idx.view(b, h, w)).permute(0, 3, 1, 2).to(z.dtype)
+
+
+def ref_encode(net: VQGANf4, x: torch.Tensor) -> torch.Tensor:
+    return net.quant_conv(ref_encoder(net.encoder, x))
+
+
+def ref_decode(net: VQGANf4, z: torch.Tensor) -> torch.Tensor:
+    return ref_decoder(net.decoder, net.post_quant_conv(ref_quantize(net.quantize, z)))
+
+
+TWO_BLOCKS = VQGANConfig(n_embed=64, ch=32, ch_mult=(1, 2, 4), num_res_blocks=2, resolution=32)
+
+
+@pytest.fixture
+def small_strips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Force the strip-wise code on test-sized tensors; returns the strip counts of every strip loop run.
+
+    96 KiB strips keep every strip above ~20k elements, where PyTorch's CPU conv picks the same (oneDNN) kernel
+    as for the whole image; smaller inputs go to another kernel that rounds differently.
+    """
+    monkeypatch.setattr(vqgan, "STRIP_MIN_BYTES", 0)
+    monkeypatch.setattr(vqgan, "STRIP_BYTES", 96 * 1024)
+    counts: list[int] = []
+    strips = vqgan._strips
+
+    def counting(rows: int, row_bytes: int) -> list[tuple[int, int]]:
+        out = strips(rows, row_bytes)
+        counts.append(len(out))
+        return out
+
+    monkeypatch.setattr(vqgan, "_strips", counting)
+    return counts
+
+
+@pytest.mark.parametrize("cfg", [SMALL, TWO_BLOCKS], ids=["level-attention", "two-blocks"])
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (2, 3, 48, 40)])
+@pytest.mark.parametrize("strips", [False, True], ids=["whole", "strips"])
+def test_lean_inference_is_bit_identical_to_the_plain_forward(
+    cfg: VQGANConfig, shape: tuple[int, ...], strips: bool, request: pytest.FixtureRequest
+) -> None:
+    counts = request.getfixturevalue("small_strips") if strips else None
+    net = randomize(VQGANf4(cfg), seed=5).eval()
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    x_copy = x.clone()
+    with torch.inference_mode():
+        z_ref = ref_encode(net, x)
+        y_ref = ref_decode(net, z_ref)
+        z = net.encode(x)
+        y = net.decode(z_ref)
+    assert torch.equal(z, z_ref)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(x, x_copy)  # the caller's input is left alone
+    assert y.is_contiguous(memory_format=CL) == y_ref.is_contiguous(memory_format=CL)
+    if counts is not None:  # the strip loops ran, and split the large maps into several strips
+        assert max(counts) >= 4, counts
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL], ids=["nchw", "channels-last"])
+def test_lean_encoder_and_decoder_in_both_layouts(
+    layout: torch.memory_format, small_strips: list[int]
+) -> None:
+    # the decoder runs channels-last (the quantiser returns a permuted view); either module may get either layout
+    net = randomize(VQGANf4(TWO_BLOCKS), seed=6).eval()
+    x = (torch.rand(1, 3, 64, 48) * 2 - 1).contiguous(memory_format=layout)
+    z = (torch.randn(1, 3, 16, 12) * 0.3).contiguous(memory_format=layout)
+    with torch.no_grad():
+        assert torch.equal(net.encoder(x), ref_encoder(net.encoder, x))
+        assert torch.equal(net.decoder(z), ref_decoder(net.decoder, z))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize("c_out", [24, 48, 96])
+def test_conv3x3_strips_overwrite_their_input_exactly(
+    layout: torch.memory_format, c_out: int, small_strips: list[int]
+) -> None:
+    conv = randomize(torch.nn.Conv2d(48, c_out, 3, padding=1), seed=c_out)
+    x = torch.randn(2, 48, 37, 29).contiguous(memory_format=layout)
+    with torch.no_grad():
+        expected = conv(x)
+        out = vqgan._conv3x3(conv, x.clone(), overwrite=True)
+    assert small_strips and small_strips[-1] >= 4
+    assert torch.equal(out, expected)
+
+
+def test_resnet_block_lean_path_keeps_or_consumes_its_input() -> None:
+    block = randomize(ResnetBlock(64, 32, 0.0), seed=7).eval()
+    x = torch.randn(1, 64, 9, 11)
+    x_copy = x.clone()
+    with torch.no_grad():
+        expected = ref_resnet(block, x)
+        assert torch.equal(block(x), expected)
+        assert torch.equal(x, x_copy)  # forward never writes into its argument
+        assert torch.equal(block.forward_lean(x, consume=True), expected)
+    assert not torch.equal(x, x_copy)  # consume=True reuses the input's memory
+
+
+def test_training_path_is_the_plain_forward_and_backpropagates() -> None:
+    net = randomize(VQGANf4(SMALL), seed=8).train()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = net.encode(x)
+    assert z.requires_grad
+    with torch.no_grad():
+        assert torch.equal(z, ref_encode(net, x))
+        z_lean = net.encode(x)
+    assert torch.equal(z.detach(), z_lean)
+    y = net.decode(z.detach())
+    (z.square().mean() + y.square().mean()).backward()
+    for name, p in net.named_parameters():
+        if name.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert net.decoder.conv_in.weight.grad.abs().sum() > 0 and net.encoder.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_quantiser_ignores_the_callers_bf16_autocast() -> None:
+    gen = torch.Generator().manual_seed(9)
+    quant = VectorQuantizer(n_embed=8192, embed_dim=3)
+    with torch.no_grad():
+        quant.embedding.weight.copy_(torch.randn(8192, 3, generator=gen))
+    codes = quant.embedding.weight
+    z = torch.randn(1, 3, 16, 16, generator=gen) * 2
+    expected = quant.indices(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    assert torch.equal(expected.flatten(), torch.cdist(flat, codes).argmin(dim=1))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        indices = quant.indices(z)
+        snapped = quant(z)
+        unguarded = ref_quantize(quant, z)  # distances under the caller's autocast: the matmul runs in bf16
+    assert torch.equal(indices, expected)
+    assert torch.equal(snapped, codes[expected].permute(0, 3, 1, 2))
+    # this data is sensitive to the precision: unguarded, bf16 picks another code for many positions
+    changed = (unguarded.permute(0, 2, 3, 1).reshape(-1, 3) != codes[expected.flatten()]).any(dim=1)
+    assert changed.float().mean() > 0.1
