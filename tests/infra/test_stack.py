@@ -73,7 +73,7 @@ def test_s3_refuses_wrong_and_missing_credentials(seaweedfs: SeaweedFS) -> None:
     seaweedfs.client().put_object(Bucket=bucket, Key="secret.txt", Body=b"x")
     cases = {
         "SignatureDoesNotMatch": seaweedfs.client(secret_key="not-the-secret-" + "0" * 26),
-        "InvalidAccessKeyId": seaweedfs.client(access_key="AKIANOTAKEY000000000"),
+        "InvalidAccessKeyId": seaweedfs.client(access_key="DIFIISRWRONGKEY00000"),
     }
     for code, client in cases.items():
         with pytest.raises(ClientError) as err:
