@@ -13,12 +13,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from difiisr.models import load_checkpoint
 from difiisr.models.preset import load_preset
 from difiisr.models.swin_unet import SwinUNet
 from difiisr.training import EXIT_PREEMPTED, train
+from difiisr.training.checkpoint_format import CHECKPOINT_FILES
 from difiisr.training.checkpointing import latest_checkpoint, read_marker
 from difiisr.training.config import MlflowConfig
 
@@ -93,6 +95,21 @@ def test_sigterm_saves_a_loadable_checkpoint_and_resume_continues(tmp_path: Path
     assert (out / "model" / "unet.safetensors").is_file()
 
 
+def _launch_two_ranks(args: list[str], tracking: str) -> subprocess.CompletedProcess[str]:
+    """``accelerate launch`` of ``python ARGS`` on 2 CPU ranks (gloo)."""
+    cmd = [
+        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *args,
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=_env(ACCELERATE_USE_CPU="true", MLFLOW_TRACKING_URI=tracking),
+    )
+
+
 @pytest.mark.slow
 def test_two_cpu_ranks_match_one_process_and_only_rank0_writes(
     tmp_path: Path, train_pairs: Path, tiny_config
@@ -103,18 +120,8 @@ def test_two_cpu_ranks_match_one_process_and_only_rank0_writes(
     config_file = tmp_path / "two.yaml"
     config_file.write_text(yaml.safe_dump(two.to_dict()))
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [
-        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "difiisr.cli.main", "--log-level", "WARNING", "train", "--config", str(config_file),
-    ]  # fmt: skip
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env=_env(ACCELERATE_USE_CPU="true", MLFLOW_TRACKING_URI=tracking),
-    )
+    cmd = ["-m", "difiisr.cli.main", "--log-level", "WARNING", "train", "--config", str(config_file)]
+    proc = _launch_two_ranks(cmd, tracking)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("completed at step 3 (2 process(es))") == 1  # only rank 0 prints the summary
 
@@ -127,10 +134,12 @@ def test_two_cpu_ranks_match_one_process_and_only_rank0_writes(
     assert len(runs) == 1 and runs[0].data.tags["num_processes"] == "2"
     assert (tmp_path / "two" / "model" / "unet.safetensors").is_file()
 
-    # the checkpoint: Accelerate's per-rank RNG files, our marker, and weights that load strictly
+    # the checkpoint: written once by rank 0 (no per-rank files: all randomness is seeded by step and sample
+    # position, so there is no RNG state to save), our marker, and weights that load strictly
     checkpoint = latest_checkpoint(tmp_path / "two")
     names = {p.name for p in checkpoint.iterdir()}
-    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "difiisr_state.json"} <= names
+    assert names == set(CHECKPOINT_FILES) and {"model.safetensors", "difiisr_state.json"} <= names
+    assert not any(name.endswith(".pkl") for name in names)
     assert read_marker(checkpoint)["num_processes"] == 2
     _loads_into_tiny_unet(checkpoint)
 
@@ -141,3 +150,47 @@ def test_two_cpu_ranks_match_one_process_and_only_rank0_writes(
     losses = [r["loss"] for r in records]
     assert losses[0] == pytest.approx(one.losses[0], rel=1e-5)
     assert losses == pytest.approx(list(one.losses), rel=2e-3)
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_resume_on_the_uninterrupted_trajectory(
+    tmp_path: Path, train_pairs: Path, tiny_config
+) -> None:
+    # both ranks read the checkpoint written by rank 0 (safetensors + JSON) and continue the same trajectory
+    cfgs = {
+        name: tiny_config(tmp_path / name, train_pairs, max_steps=3, ema_decay=0.8)
+        for name in ("straight", "split")
+    }
+    cmd = {}
+    for name, cfg in cfgs.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        cmd[name] = [
+            "-m",
+            "difiisr.cli.main",
+            "--log-level",
+            "WARNING",
+            "train",
+            "--config",
+            str(tmp_path / f"{name}.yaml"),
+        ]
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    straight = _launch_two_ranks(cmd["straight"], tracking)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = _launch_two_ranks([*cmd["split"], "--stop-after", "1"], tracking)
+    assert first.returncode == 0 and "stopped at step 1 (2 process(es))" in first.stdout, first.stderr[-3000:]
+    second = _launch_two_ranks([*cmd["split"], "--resume"], tracking)
+    assert second.returncode == 0 and "completed at step 3 (2 process(es))" in second.stdout, second.stderr[
+        -3000:
+    ]
+
+    assert [r["step"] for r in _metrics(tmp_path / "split")] == [1, 2, 3]
+    split_losses = [r["loss"] for r in _metrics(tmp_path / "split")]
+    assert split_losses == pytest.approx([r["loss"] for r in _metrics(tmp_path / "straight")], rel=1e-6)
+    a = tmp_path / "straight" / "model" / "unet.safetensors"
+    b = tmp_path / "split" / "model" / "unet.safetensors"
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=1e-6, atol=1e-7), key

@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from difiisr.errors import DifiisrError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(DifiisrError, ValueError):
     """A configuration file or override is wrong; the message names the source, key and fix."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from difiisr.errors import DifiisrError
 from difiisr.io import image_to_tensor, list_images, read_image
 from difiisr.training.seeds import derive_seed
 
@@ -26,7 +27,7 @@ from difiisr.training.seeds import derive_seed
 SampleKey = tuple[int, int]
 
 
-class TrainDataError(ValueError):
+class TrainDataError(DifiisrError, ValueError):
     """The training data folder is missing, empty, inconsistent or too small; the message names it and the fix."""
 
 

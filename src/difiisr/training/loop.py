@@ -5,9 +5,9 @@ micro-batches. Everything random is drawn from seeds derived from ``(seed, what,
 (``difiisr.training.seeds``), so a resumed run repeats an uninterrupted one, and the diffusion noise and time step
 of a sample do not depend on which rank trains it.
 
-Only the main process writes files (``train_config.yaml``, ``metrics.jsonl``, checkpoint markers, validation
-grids, the exported model folder) and talks to MLflow; Accelerate's ``save_state`` additionally writes one
-``random_states_R.pkl`` per rank R into each checkpoint folder.
+Only the main process writes files (``train_config.yaml``, ``metrics.jsonl``, checkpoint folders, validation
+grids, the exported model folder) and talks to MLflow. Checkpoints hold safetensors and JSON only
+(``difiisr.training.checkpoint_format``); every rank reads them on resume.
 """
 
 from __future__ import annotations
@@ -28,18 +28,19 @@ from tqdm import tqdm
 
 from difiisr.config import flatten
 from difiisr.data.fingerprint import dataset_md5
+from difiisr.errors import DifiisrError, ExitCode
 from difiisr.models.preset import ModelPreset, load_preset
 from difiisr.storage import atomic_write_text
+from difiisr.training.checkpoint_format import TrainingObjects, read_checkpoint, write_checkpoint
 from difiisr.training.checkpointing import (
-    EXIT_PREEMPTED,
     ResumeError,
     StopFlag,
     TrainingState,
+    checkpoint_folder,
     latest_checkpoint,
     list_checkpoints,
     next_checkpoint_number,
-    read_marker,
-    write_marker,
+    prune_checkpoints,
 )
 from difiisr.training.config import TrainConfig
 from difiisr.training.data import MicroBatchStream, PatchDataset, ResumableBatchSampler, hr_items, pair_items
@@ -56,7 +57,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "train_config.yaml"
 
 
-class TrainError(RuntimeError):
+class TrainError(DifiisrError, RuntimeError):
     """Training cannot run with this configuration; the message names the key and the fix."""
 
 
@@ -82,9 +83,9 @@ class TrainResult:
     main_process: bool = True
 
     @property
-    def exit_code(self) -> int:
-        """Process exit code for the CLI: 0, or ``EXIT_PREEMPTED`` (75) after a SIGTERM."""
-        return EXIT_PREEMPTED if self.status == "preempted" else 0
+    def exit_code(self) -> ExitCode:
+        """Process exit code for the CLI: ``ExitCode.OK``, or ``ExitCode.PREEMPTED`` after a SIGTERM."""
+        return ExitCode.PREEMPTED if self.status == "preempted" else ExitCode.OK
 
 
 def bicubic_up(lr: torch.Tensor, sf: int) -> torch.Tensor:
@@ -214,7 +215,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
     ``status="preempted"``. Works the same under ``accelerate launch`` with N processes.
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
 
     out_dir = Path(cfg.out_dir)
     existing = list_checkpoints(out_dir)
@@ -227,9 +227,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
-        project_config=ProjectConfiguration(
-            project_dir=str(out_dir), automatic_checkpoint_naming=True, total_limit=cfg.keep_checkpoints
-        ),
     )
     try:
         return _run(accelerator, cfg, preset, out_dir, resume=resume, stop_after=stop_after)
@@ -278,16 +275,13 @@ def _run(
     if autoencoder is not None:
         autoencoder.to(device)
     state = TrainingState()
-    accelerator.register_for_checkpointing(ema, scheduler, state)
+    raw_unet = accelerator.unwrap_model(unet)
+    checkpointed = TrainingObjects(raw_unet, ema, optimizer, scheduler, accelerator.scaler)
 
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        marker = read_marker(checkpoint) or {}
-        if marker.get("step") != state.step:
-            raise ResumeError(
-                f"{checkpoint}: marker step {marker.get('step')} != saved state step {state.step}"
-            )
+        record = read_checkpoint(checkpoint, checkpointed)
+        state.load_state_dict(record)
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             checkpoint,
@@ -297,7 +291,7 @@ def _run(
         )
     elif resume:
         log.info("no complete checkpoint in %s; starting from step 0", out_dir / "checkpoints")
-    accelerator.project_configuration.iteration = next_checkpoint_number(out_dir)
+    numbers = iter(range(next_checkpoint_number(out_dir), 1 << 62))
     start_step = state.step
 
     # ---------------------------------------------------------------- data
@@ -346,7 +340,6 @@ def _run(
     accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- the loop
-    raw_unet = accelerator.unwrap_model(unet)
     latent_shape = (preset.unet.out_channels, x_size, x_size)
     stop = StopFlag()
     losses: list[float] = []
@@ -365,11 +358,13 @@ def _run(
             pending.clear()
 
     def save() -> Path:
-        """``save_state`` on every rank, then the main process marks the folder complete."""
-        location = Path(accelerator.save_state())
+        """The main process writes the next checkpoint folder (marker last) and prunes old ones; all ranks wait."""
+        location = checkpoint_folder(out_dir, next(numbers))
         accelerator.wait_for_everyone()
         if main:
-            write_marker(location, {**state.state_dict(), "num_processes": world, "seed": cfg.seed})
+            record = {**state.state_dict(), "num_processes": world, "seed": cfg.seed}
+            write_checkpoint(location, checkpointed, record)
+            prune_checkpoints(out_dir, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
         return location
 
@@ -405,6 +400,8 @@ def _run(
         try:
             if state.step < cfg.max_steps:
                 for step, micro_index, micro in stream:
+                    # the global RNG (dropout, ...) restarts per micro-step: no RNG state is checkpointed
+                    torch.manual_seed(derive_seed(cfg.seed, "global", rank, step, micro_index))
                     hr = micro["hr"].to(device, non_blocking=True)
                     if degrader is not None:
                         lr = degrader(hr, micro["position"], cfg.seed, int(micro["levels"].max()))
