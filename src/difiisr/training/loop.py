@@ -224,6 +224,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             "or choose a new out_dir"
         )
     preset = load_preset(cfg.model.preset, cfg.model.overrides)
+    if cfg.model.autoencoder_ckpt and not preset.latent:
+        raise TrainError(
+            f"model.autoencoder_ckpt={cfg.model.autoencoder_ckpt}: preset {preset.name!r} works in pixel space and "
+            "has no autoencoder; remove model.autoencoder_ckpt (or choose a latent preset)"
+        )
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
