@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -151,3 +152,16 @@ def test_prune_keeps_the_newest_complete_and_drops_older_partial_folders(tmp_pat
     assert [p.name for p in removed] == ["checkpoint_0", "checkpoint_1"]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint_2", "checkpoint_3"]
     assert prune_checkpoints(tmp_path, 2) == []
+
+
+def test_the_fp16_grad_scaler_state_round_trips(tmp_path: Path) -> None:
+    saved = dataclasses.replace(_objects(), grad_scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    loss = saved.model(torch.ones(4, 3)).sum()
+    saved.grad_scaler.scale(loss).backward()
+    saved.grad_scaler.step(saved.optimizer)
+    saved.grad_scaler.update(256.0)  # as after an overflow back-off
+    folder = _write(tmp_path / "checkpoint_0", saved)
+    loaded = dataclasses.replace(_objects(), grad_scaler=torch.amp.GradScaler("cpu"))
+    read_checkpoint(folder, loaded)
+    assert loaded.grad_scaler.state_dict() == saved.grad_scaler.state_dict()
+    assert loaded.grad_scaler.get_scale() == 256.0
