@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from difiisr.cli.main import main
-from difiisr.config import preset_path
+from difiisr.config import ConfigError, preset_path
 from difiisr.errors import ExitCode
 
 
@@ -99,3 +99,36 @@ def test_an_autoencoder_for_a_pixel_space_preset_is_refused(tmp_path: Path, trai
         in proc.stderr
     )
     assert not (out / "checkpoints").exists()
+
+
+def test_every_training_error_is_a_difiisr_error() -> None:
+    from difiisr.errors import DifiisrError
+    from difiisr.models.checkpoint import CheckpointError
+    from difiisr.training import EXIT_PREEMPTED, ResumeError, TrainError
+    from difiisr.training.data import TrainDataError
+
+    for error in (ConfigError, TrainError, ResumeError, TrainDataError, CheckpointError):
+        assert issubclass(error, DifiisrError), error
+    assert EXIT_PREEMPTED is ExitCode.PREEMPTED
+
+
+def test_the_cli_exits_with_the_errors_own_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import difiisr.training
+    from difiisr.errors import JobError
+
+    def storage_down(cfg, **kwargs):
+        raise JobError("s3://bucket/run: storage unavailable")
+
+    monkeypatch.setattr(difiisr.training, "train", storage_down)
+    assert main(["train", "--config", "train_tiny"]) == ExitCode.JOB_FAILED
+    assert "difiisr train: s3://bucket/run: storage unavailable" in capsys.readouterr().err
+
+
+def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and f"{int(ExitCode.PREEMPTED):>3}  {ExitCode.PREEMPTED.meaning}" in out

@@ -11,13 +11,9 @@ import argparse
 import logging
 import sys
 
-from difiisr.errors import exit_codes_help
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``difiisr train``."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = exit_codes_help()
     parser.add_argument(
         "--config", required=True, help="training YAML file, or a shipped preset name (train_tiny, train_x4)"
     )
