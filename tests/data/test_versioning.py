@@ -67,8 +67,14 @@ def test_cli_versions_folders(tmp_path, capsys):
     from difiisr.cli.main import main
 
     _data(tmp_path / "ws")
-    assert main(["version-data", "--workspace", str(tmp_path / "ws"), "--remote", str(tmp_path / "r"), "frames"]) == 0
+    assert (
+        main(["version-data", "--workspace", str(tmp_path / "ws"), "--remote", str(tmp_path / "r"), "frames"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("versioned frames: md5 ") and ".dir, 3 files" in out
-    assert main(["version-data", "--workspace", str(tmp_path / "ws"), "--remote", str(tmp_path / "r"), "none"]) == 1
+    assert (
+        main(["version-data", "--workspace", str(tmp_path / "ws"), "--remote", str(tmp_path / "r"), "none"])
+        == 1
+    )
     assert "not a folder" in capsys.readouterr().out

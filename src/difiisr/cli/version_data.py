@@ -9,7 +9,9 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``difiisr version-data``."""
     parser.add_argument("folders", nargs="+", metavar="FOLDER", help="data folders inside the workspace")
-    parser.add_argument("--workspace", required=True, help="DVC workspace (made a DVC project if it is not one)")
+    parser.add_argument(
+        "--workspace", required=True, help="DVC workspace (made a DVC project if it is not one)"
+    )
     parser.add_argument("--remote", required=True, help="remote: a folder, or s3://BUCKET/PREFIX")
     parser.add_argument(
         "--endpoint-url",
@@ -23,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from difiisr.data.versioning import DataVersionError, init_workspace, track
 
     try:
-        init_workspace(args.workspace, args.remote, endpoint_url=args.endpoint_url if "://" in args.remote else None)
+        init_workspace(
+            args.workspace, args.remote, endpoint_url=args.endpoint_url if "://" in args.remote else None
+        )
         versions = track(args.workspace, args.folders)
     except DataVersionError as exc:
         print(f"difiisr version-data: {exc}")

@@ -70,7 +70,10 @@ def init_workspace(workspace: str | Path, remote: str, *, endpoint_url: str | No
 def track(workspace: str | Path, folders: Sequence[str | Path], *, push: bool = True) -> list[DataVersion]:
     """``dvc add`` each folder (relative to the workspace), ``dvc push`` them, and return their versions."""
     root = Path(workspace)
-    rels = [str(Path(f).resolve().relative_to(root.resolve())) if Path(f).is_absolute() else str(f) for f in folders]
+    rels = [
+        str(Path(f).resolve().relative_to(root.resolve())) if Path(f).is_absolute() else str(f)
+        for f in folders
+    ]
     for rel in rels:
         if not (root / rel).is_dir():
             raise DataVersionError(f"{root / rel}: not a folder; nothing to version")

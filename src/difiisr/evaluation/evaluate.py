@@ -23,11 +23,20 @@ import numpy as np
 from tqdm import tqdm
 
 from difiisr.data.fingerprint import MD5_DEFINITION
+from difiisr.errors import DifiisrError
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.lpips import LPIPSAlex, load_lpips_alex, lpips_distance, lpips_weights_from_env
 from difiisr.evaluation.metrics import HIGHER_IS_BETTER, METRIC_CONVENTIONS, niqe, psnr, psnr_y, ssim, ssim_y
 from difiisr.evaluation.pairs import dataset_md5, list_pairs
 from difiisr.evaluation.report import CropSet, make_crop_set, write_csv, write_html, write_json
+from difiisr.registry.names import (
+    ARTIFACT_EVALUATION,
+    RUN_TAG_EVAL_MD5,
+    RUN_TAG_EVAL_N_IMAGES,
+    RUN_TAG_EVAL_NAME,
+    RUN_TAG_EVAL_NOT_COMPUTED_PREFIX,
+    eval_metric_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +52,11 @@ NEEDS_WEIGHTS: Final = {
     "musiq": "not computed: needs local weights (MUSIQ KonIQ); none are bundled",
 }
 LPIPS_NO_WEIGHTS: Final = "not computed: no weights (pass --lpips-weights FILE or set DIFIISR_LPIPS_WEIGHTS)"
-MLFLOW_PREFIX: Final = "eval/"
-MLFLOW_ARTIFACT_DIR: Final = "evaluation"
-RUN_TAG_EVAL_MD5: Final = "eval_md5"
 
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(DifiisrError, RuntimeError):
     """An evaluation cannot proceed (bad pair sizes, model output of the wrong size); the message names the image."""
 
 
@@ -223,13 +229,13 @@ def evaluate_pairs(
 
 
 def mlflow_metrics(result: EvaluationResult) -> dict[str, float]:
-    """The finite aggregate numbers as MLflow metric keys: ``eval/<m>``, ``eval/bicubic_<m>``, ``eval/delta_<m>``."""
-    out: dict[str, float] = {f"{MLFLOW_PREFIX}n_images": float(result.n_images)}
+    """The finite aggregate numbers as MLflow metric keys (``registry.names.eval_metric_key``)."""
+    out: dict[str, float] = {eval_metric_key("n_images"): float(result.n_images)}
     for metric in result.metric_names:
         if len(result.methods) > 1:
-            out[f"{MLFLOW_PREFIX}{metric}"] = result.means[result.methods[-1]][metric]
-            out[f"{MLFLOW_PREFIX}delta_{metric}"] = result.deltas[metric]
-        out[f"{MLFLOW_PREFIX}{BICUBIC}_{metric}"] = result.means[BICUBIC][metric]
+            out[eval_metric_key(metric)] = result.means[result.methods[-1]][metric]
+            out[eval_metric_key(metric, method="delta")] = result.deltas[metric]
+        out[eval_metric_key(metric, method="bicubic")] = result.means[BICUBIC][metric]
     return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
 
@@ -259,13 +265,13 @@ def _log_to_run(result: EvaluationResult, run_id: str) -> str:
     metrics = [Metric(k, v, ts, 0) for k, v in mlflow_metrics(result).items()]
     tags = [
         RunTag(RUN_TAG_EVAL_MD5, result.dataset_md5),
-        RunTag("eval_name", result.name),
-        RunTag("eval_n_images", str(result.n_images)),
-        *(RunTag(f"eval_not_computed.{k}", v) for k, v in result.not_computed.items()),
+        RunTag(RUN_TAG_EVAL_NAME, result.name),
+        RunTag(RUN_TAG_EVAL_N_IMAGES, str(result.n_images)),
+        *(RunTag(f"{RUN_TAG_EVAL_NOT_COMPUTED_PREFIX}{k}", v) for k, v in result.not_computed.items()),
     ]
     client.log_batch(run_id, metrics=metrics, tags=tags)
     for path in (result.csv_path, result.json_path, result.html_path):
-        client.log_artifact(run_id, str(path), artifact_path=MLFLOW_ARTIFACT_DIR)
+        client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_EVALUATION)
     log.info(
         "logged evaluation (%d metrics, md5 %s) to MLflow run %s", len(metrics), result.dataset_md5, run_id
     )
