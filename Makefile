@@ -35,13 +35,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/inference.py
 
 stack-up: $(STAMP)
-	$(PY) infra/local/stack.py up
+	$(PY) -m difiisr.stack up
 
 stack-down: $(STAMP)
-	$(PY) infra/local/stack.py down
+	$(PY) -m difiisr.stack down
 
 stack-status: $(STAMP)
-	$(PY) infra/local/stack.py status
+	$(PY) -m difiisr.stack status
 
 image:
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker daemon here; build on a machine with one"; exit 1; }
