@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -257,6 +258,55 @@ def test_a_server_that_dies_at_start_reports_its_log_tail(tmp_path: Path) -> Non
         StackError, match=r"(?s)broken exited \(code 3\) before health.*cannot open the data folder"
     ):
         wait_until(proc, lambda: False, timeout=30, what="health")
+
+
+_FOREGROUND_SERVER = """
+import signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print(child.pid, flush=True)
+def stop(signum, frame):
+    # leaves its child running (as a careless server would) and exits with a code of its own
+    sys.exit(7)
+signal.signal(signal.SIGINT, stop)
+time.sleep(120)
+"""
+
+
+def test_run_foreground_forwards_sigint_returns_the_code_and_leaves_no_process(tmp_path: Path) -> None:
+    """What `difiisr serve` relies on: a signal to the supervisor reaches the server's group, the server's
+    exit code comes back, and a member the server left behind is stopped too."""
+    runner = (
+        "import os, sys\n"
+        "from difiisr.stack.process import run_foreground\n"
+        "print('supervisor', os.getpid(), flush=True)\n"
+        f"sys.exit(run_foreground([sys.executable, '-c', {_FOREGROUND_SERVER!r}], dict(os.environ), "
+        "stop_timeout=5.0, tick=0.1))\n"
+    )
+    log = tmp_path / "out.txt"
+    with open(log, "w") as out:
+        supervisor = subprocess.Popen([sys.executable, "-c", runner], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while len(log.read_text().split()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        words = log.read_text().split()
+        grandchild = int(words[2])
+        server = psutil.Process(grandchild).ppid()
+        assert os.getpgid(server) == server != os.getpgid(supervisor.pid)  # its own process group
+        supervisor.send_signal(signal.SIGINT)  # to the supervisor only, as Ctrl-C in its terminal would
+        assert supervisor.wait(30) == 7, log.read_text()
+        assert _wait_gone([server, grandchild]) == []
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+
+
+def test_run_foreground_reports_death_by_signal_as_128_plus_n(tmp_path: Path) -> None:
+    from difiisr.stack.process import run_foreground
+
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    assert run_foreground([sys.executable, "-c", code], dict(os.environ), tick=0.05) == 128 + signal.SIGTERM
 
 
 # ------------------------------------------------------------------------------- the CLI, end to end
