@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "register": ("difiisr.cli.register", "register an evaluated run as an MLflow model version (challenger)"),
     "promote": ("difiisr.cli.promote", "move the champion alias to the challenger if it is better"),
     "rollback": ("difiisr.cli.rollback", "move the champion alias back to the previous champion"),
+    "serve": ("difiisr.cli.serve", "serve a registered model over REST (mlflow models serve, 127.0.0.1)"),
 }
 
 
