@@ -79,11 +79,11 @@ def _fmt(value: float) -> str:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the reports, optionally log to MLflow, print a summary; returns the exit code."""
     from difiisr.config import ConfigError
+    from difiisr.data.pairs import PairsError
     from difiisr.evaluation.evaluate import EvaluationError, evaluate_pairs, log_to_mlflow
     from difiisr.evaluation.lpips import LPIPSWeightsError
     from difiisr.evaluation.metrics import MetricInputError
     from difiisr.evaluation.model_source import InferenceSettings, ModelSourceError, load_upscale_fn
-    from difiisr.evaluation.pairs import PairsError
     from difiisr.io import ImageReadError
     from difiisr.models.bundle import ModelFolderError
 
