@@ -397,26 +397,21 @@ class _PairMaker:
     ) -> tuple[dict[int, np.ndarray], dict[int, dict[str, Any]]]:
         """Real-ESRGAN LR pixels and drawn parameters by index into ``prepared`` (failed images left out)."""
         assert self.pipeline is not None
-        # one pipeline call per group of equally sized crops (every image is degraded alone: resize_scope="image",
-        # so a group that fails can be redone image by image with identical results, to find the bad file)
+        # one pipeline call per group of equally sized crops (every image is degraded alone: resize_scope="image");
+        # the pipeline refuses images by their size only, so a refused group fails each of its images
         groups: dict[tuple[int, ...], list[int]] = {}
         for k, (_, _, _, hr) in enumerate(prepared):
             groups.setdefault((*hr.shape, hr.dtype.itemsize), []).append(k)
         results: dict[int, np.ndarray] = {}
         records: dict[int, dict[str, Any]] = {}
-        pending = list(groups.values())
-        while pending:
-            members = pending.pop(0)
-            hr0 = prepared[members[0]][3]
-            levels = 65535 if hr0.dtype == np.uint16 else 255
+        for members in groups.values():
+            levels = 65535 if prepared[members[0]][3].dtype == np.uint16 else 255
             x = ((image_to_tensor([prepared[k][3] for k in members]) + 1.0) / 2.0).to(self.device)
             try:
                 lr, recs = self.pipeline(x, [prepared[k][0].seed for k in members], levels=levels)
             except ValueError as exc:
-                if len(members) > 1:
-                    pending += [[k] for k in members]
-                else:
-                    self._fail(prepared[members[0]][0].source, str(exc))
+                for k in members:
+                    self._fail(prepared[k][0].source, str(exc))
                 continue
             for k, t, rec in zip(members, lr, recs, strict=True):
                 hr = prepared[k][3]
