@@ -2,8 +2,8 @@
 
 Layout: ``difiisr.data.pairs`` owns it (names, manifest lines, settings file) and every reader uses it. HR and LR
 share the file name, HR size = sf x LR size exactly, 16-bit HR gives 16-bit LR, grey HR gives grey LR. In each
-manifest line ``seed`` is the pair's own seed: ``RealESRGANDegradation(config)(hr, [seed])`` on the written HR reproduces the LR (before the grey
-conversion of grey images). ``params`` records the source file, variant, base seed, crop and every drawn
+manifest line ``seed`` is the pair's own seed: ``RealESRGANDegradation(config)(hr, [seed])`` on the written HR
+reproduces the LR (before the grey conversion of grey images). ``params`` records the source file, variant, base seed, crop and every drawn
 degradation parameter. The run's settings go to ``degradation.json``.
 
 Pair seeds come from the file *name* rather than its index in the folder listing, so adding or removing other
@@ -24,7 +24,7 @@ refused rather than mixed. Temp files that killed writers left in the folder are
 Bad HR files. An HR file that cannot be read or degraded (empty, truncated, not an image, over the
 decompression-bomb limit, unsupported mode, too small for the protocol) is reported in
 ``DegradeSummary.failures`` with its reason and gets no pairs; every other file is processed, and the manifest
-lists what was written. Files and folders are created only once a first pair is written.
+lists what was written. Nothing is created in the output folder before the first pair is ready to be written.
 """
 
 from __future__ import annotations
@@ -223,8 +223,13 @@ def degrade_folder(
     with tqdm(total=len(pending), desc=f"degrade ({protocol})", unit="pair", disable=not progress) as bar:
         try:
             for batch in _batches(pending, batch_size):
-                new = making.pairs(batch)
-                writer.append(new)
+                made = making.pairs(batch)
+                if made:
+                    writer.start()  # degradation.json before the first pair's files
+                for _, hr, lr, paths in made:
+                    for path, pixels in zip(paths, (hr, lr), strict=True):
+                        write_image(path, pixels)
+                writer.append([entry for entry, *_ in made])
                 bar.update(len(batch))
         finally:
             writer.close()
@@ -321,7 +326,7 @@ class _ManifestWriter:
 
 
 class _PairMaker:
-    """Reads, crops, degrades and writes the pairs of a batch of jobs; bad HR files go to ``failures``."""
+    """Reads, crops and degrades the pairs of a batch of jobs; bad HR files go to ``failures``."""
 
     def __init__(
         self,
@@ -374,23 +379,21 @@ class _PairMaker:
         }
         return manifest_entry(job.name, self.protocol, job.seed, record)
 
-    def pairs(self, batch: list[_Job]) -> list[dict[str, Any]]:
-        """Make and write the pairs of ``batch``; returns the manifest entries of those written."""
+    def pairs(
+        self, batch: list[_Job]
+    ) -> list[tuple[dict[str, Any], np.ndarray, np.ndarray, tuple[Path, Path]]]:
+        """The pairs of ``batch`` that could be made: manifest entry, HR and LR pixels, and their two file paths."""
         prepared = [p for p in map(self._prepare, batch) if p is not None]
         if self.protocol == "bicubic":
             lrs = {k: bicubic_downsample(hr, self.cfg.sf) for k, (_, _, _, hr) in enumerate(prepared)}
             records = dict.fromkeys(lrs, {"resize": "PIL bicubic"})
         else:
             lrs, records = self._degrade(prepared)
-        entries = []
-        for k, (job, img, cp, hr) in enumerate(prepared):
-            if k not in lrs:
-                continue
-            hr_path, lr_path = pair_paths(self.out, job.name)
-            write_image(hr_path, hr)
-            write_image(lr_path, lrs[k])
-            entries.append(self._entry(job, img, cp, records[k]))
-        return entries
+        return [
+            (self._entry(job, img, cp, records[k]), hr, lrs[k], pair_paths(self.out, job.name))
+            for k, (job, img, cp, hr) in enumerate(prepared)
+            if k in lrs
+        ]
 
     def _degrade(
         self, prepared: list[tuple[_Job, LoadedImage, CropParams, np.ndarray]]
