@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from difiisr.cli.main import main
+from difiisr.data.pairs import PairsError, dataset_md5, list_pairs
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.evaluate import EvaluationError, evaluate_pairs, image_metrics, log_to_mlflow
 from difiisr.evaluation.metrics import psnr_y, ssim_y
-from difiisr.evaluation.pairs import PairsError, dataset_md5, list_pairs
 from difiisr.inference.settings import InferenceSettings
 from difiisr.io import read_image
 

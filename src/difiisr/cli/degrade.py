@@ -70,10 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the pairs and print a one-line summary; returns 0, or 2 with a message on bad input."""
+    """Write the pairs, report each bad HR file, print a summary; returns an ``ExitCode``.
+
+    OK when every HR file gave its pairs, FAILURES when some HR files could not be used (the others are written),
+    USAGE on a bad flag, config or folder (nothing written), JOB_FAILED when writing itself failed.
+    """
     from difiisr.config import ConfigError, apply_overrides, from_mapping, load_yaml
-    from difiisr.degradation import PairsError, RealESRGANConfig, degrade_folder
-    from difiisr.io import ImageReadError
+    from difiisr.degradation import RealESRGANConfig, degrade_folder
+    from difiisr.errors import DifiisrError, ExitCode
 
     try:
         mapping = load_yaml(args.config) if args.config else {}
@@ -94,8 +98,16 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             config=config,
         )
-    except (PairsError, ConfigError, ImageReadError, NotADirectoryError) as exc:
+    except (DifiisrError, ConfigError) as exc:
         print(f"difiisr degrade: error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", ExitCode.USAGE))
+    except OSError as exc:
+        print(f"difiisr degrade: error: {exc}", file=sys.stderr)
+        return int(ExitCode.JOB_FAILED)
     print(summary.line())
-    return 0
+    if summary.failures:
+        print(f"difiisr degrade: {len(summary.failures)} HR file(s) gave no pairs:", file=sys.stderr)
+        for failure in summary.failures:
+            print(f"  {failure.line()}", file=sys.stderr)
+        return int(ExitCode.FAILURES)
+    return int(ExitCode.OK)

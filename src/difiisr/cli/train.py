@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train and print where the checkpoint and model folder went; returns the exit code."""
     from difiisr.config import ConfigError
-    from difiisr.evaluation.pairs import PairsError
+    from difiisr.data.pairs import PairsError
     from difiisr.models.checkpoint import CheckpointError
     from difiisr.training import ResumeError, TrainError, load_train_config, train
     from difiisr.training.data import TrainDataError

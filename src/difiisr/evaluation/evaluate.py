@@ -23,11 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from difiisr.data.fingerprint import MD5_DEFINITION
+from difiisr.data.pairs import dataset_md5, list_pairs
 from difiisr.errors import DifiisrError
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.lpips import LPIPSAlex, load_lpips_alex, lpips_distance, lpips_weights_from_env
 from difiisr.evaluation.metrics import HIGHER_IS_BETTER, METRIC_CONVENTIONS, niqe, psnr, psnr_y, ssim, ssim_y
-from difiisr.evaluation.pairs import dataset_md5, list_pairs
 from difiisr.evaluation.report import CropSet, make_crop_set, write_csv, write_html, write_json
 from difiisr.registry.names import (
     ARTIFACT_EVALUATION,

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from difiisr.data.pairs import list_pairs
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.metrics import psnr_y
-from difiisr.evaluation.pairs import list_pairs
 from difiisr.io import image_to_tensor, read_image, tensor_to_image, write_image
 from difiisr.models.preset import ModelPreset
 
