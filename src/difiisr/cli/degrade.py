@@ -78,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     from difiisr.config import ConfigError, apply_overrides, from_mapping, load_yaml
     from difiisr.degradation import RealESRGANConfig, degrade_folder
     from difiisr.errors import DifiisrError, ExitCode
+    from difiisr.storage.overlap import check_disjoint
 
     try:
+        check_disjoint(args.out, [args.hr])
         mapping = load_yaml(args.config) if args.config else {}
         mapping = apply_overrides(mapping, args.set)
         config = from_mapping(RealESRGANConfig, mapping, args.config or "--set")

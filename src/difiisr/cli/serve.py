@@ -20,12 +20,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from difiisr.errors import DifiisrError, ExitCode, UsageError
+from difiisr.registry.pyfunc import DEVICE_ENV
 from difiisr.registry.resolve import URI_PREFIXES
 
 logger = logging.getLogger(__name__)
 
 #: The variable the registered pyfunc reads its torch device from (auto | cpu | cuda | cuda:N).
-DEVICE_ENV = "DIFIISR_DEVICE"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
 #: Seconds the server gets to stop after a forwarded SIGINT/SIGTERM before its process group is SIGKILLed.
@@ -58,7 +58,7 @@ class ServeError(UsageError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``difiisr serve``."""
-    from difiisr.inference.upscaler import DEVICES
+    from difiisr.inference.settings import DEVICES
 
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from difiisr.inference.settings import InferenceSettings
     from difiisr.io import ImageReadError, read_image, write_image
     from difiisr.io.metadata import read_text_record
+    from difiisr.storage import remove_stale_temp_files
     from difiisr.storage.overlap import check_disjoint
 
     with tempfile.TemporaryDirectory(prefix="difiisr-model-") as workdir:
@@ -189,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         refuse_stale(identity, stale)
 
         args.out.mkdir(parents=True, exist_ok=True)
+        for stale_tmp in remove_stale_temp_files(args.out):
+            logger.info("removed %s, left by an interrupted earlier run", stale_tmp)
         done, failed = 0, 0
         start = time.perf_counter()
         show = not args.no_progress

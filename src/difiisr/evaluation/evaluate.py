@@ -37,6 +37,7 @@ from difiisr.registry.names import (
     RUN_TAG_EVAL_NOT_COMPUTED_PREFIX,
     eval_metric_key,
 )
+from difiisr.storage import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ def evaluate_pairs(
     pairs = list_pairs(pairs_root)
     md5 = dataset_md5(pairs_root)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / SR_DIRNAME):
+        for stale in remove_stale_temp_files(folder):
+            log.info("removed %s, left by an interrupted earlier run", stale)
 
     weight_files = lpips_weights_from_env(
         None

@@ -11,10 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from difiisr.inference.settings import InferenceSettings, SettingsError
+from difiisr.inference.settings import DEVICES, InferenceSettings, SettingsError
 
 _LAZY = {
-    "DEVICES": "difiisr.inference.upscaler",
     "UpscaleError": "difiisr.inference.upscaler",
     "Upscaler": "difiisr.inference.upscaler",
     "resolve_device": "difiisr.inference.upscaler",
@@ -34,4 +33,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'difiisr.inference' has no attribute {name!r}")
 
 
-__all__ = ["InferenceSettings", "SettingsError", *_LAZY]
+__all__ = ["DEVICES", "InferenceSettings", "SettingsError", *_LAZY]

@@ -26,6 +26,8 @@ from difiisr.errors import DifiisrError
 SamplerName = Literal["onestep", "ddim", "ancestral"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
+#: Device choices of every verb that runs a model (``auto`` = CUDA when available, else CPU; ``cuda:N`` also works).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 #: Prefix of the keys in MLflow tags and output-file records.
@@ -201,7 +203,15 @@ class InferenceSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> InferenceSettings:
-        """Settings from the flags added by ``add_arguments`` (unset flags keep the defaults)."""
+        """Settings from the flags added by ``add_arguments`` (unset flags keep the defaults).
+
+        On the command line ``--steps`` must be >= 1 (leave it out for the preset's steps); ``--tile 0`` means
+        "never tile", as in ``params``.
+        """
+        if getattr(args, "inference_steps", None) is not None and args.inference_steps < 1:
+            raise SettingsError(
+                f"--steps {args.inference_steps}: must be >= 1; leave --steps out to run the preset's steps"
+            )
         params = {
             f.name: getattr(args, f"inference_{f.name}")
             for f in dataclasses.fields(cls)
@@ -233,6 +243,7 @@ def _parse_value(key: str, raw: Any) -> Any:
 
 
 __all__ = [
+    "DEVICES",
     "PRECISIONS",
     "RECORD_PREFIX",
     "SAMPLER_NAMES",

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from difiisr.diffusion import SAMPLERS, ResShiftDiffusion
 from difiisr.errors import DifiisrError
-from difiisr.inference.settings import InferenceSettings, SettingsError
+from difiisr.inference.settings import DEVICES, InferenceSettings, SettingsError
 from difiisr.inference.tiling import (
     Tile,
     TileBlender,
@@ -52,7 +52,6 @@ from difiisr.models.vqgan import VQGANf4
 
 logger = logging.getLogger(__name__)
 
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
