@@ -368,3 +368,22 @@ def test_submit_validates_first_and_refuses_bad_timing() -> None:
     with pytest.raises(TrainJobConfigError, match="both must be > 0"):
         submit_and_wait(job_2x4(), timeout=60, poll=0, api=api)
     assert api.created == []
+
+
+def test_builder_reproduces_the_shipped_example() -> None:
+    example = yaml.safe_load((ROOT / "infra" / "k8s" / "examples" / "trainjob-x4-2x8.yaml").read_text())
+    built = build_trainjob(
+        name=example["metadata"]["name"],
+        namespace="difiisr",
+        image="difiisr-cuda",  # the kustomize placeholder the example uses
+        nodes=2,
+        gpus_per_node=8,
+        config="$(TRAIN_CONFIG)",
+        env={"TRAIN_CONFIG": "/work/configs/train_x4.yaml", "NCCL_DEBUG": "WARN"},
+        cpu="48",
+        memory="400Gi",
+        cpu_limit="64",
+        memory_limit="480Gi",
+    )
+    assert built["spec"] == example["spec"]
+    assert built["metadata"]["labels"] == example["metadata"]["labels"]

@@ -321,6 +321,18 @@ def materialize(
     """
     where = f"data version {path!r} at rev {rev or '(working tree)'} of {repo}"
     fs = _open_fs(str(repo), rev, remote, where)
+    try:
+        return _materialize(fs, path, rev, Path(dest), replace=replace, where=where)
+    finally:
+        fs.close()
+
+
+def _materialize(
+    fs: Any, path: str, rev: str | None, target: Path, *, replace: bool, where: str
+) -> DataVersion:
+    """``materialize`` once the repository is open as ``fs`` (a ``DVCFileSystem``)."""
+    from fsspec.callbacks import TqdmCallback
+
     url = _remote_settings(fs).get("url")
     where += f" (remote {url or 'none configured'})"
     try:
@@ -333,11 +345,8 @@ def materialize(
             f"{where}: not a DVC-tracked folder (dvc add it, or name a stage output)"
         )
     md5 = md5.removesuffix(".dir")
-    from fsspec.callbacks import TqdmCallback
-
     resolved = fs.repo.get_rev() if rev else None
 
-    target = Path(dest)
     if target.exists():
         have, n_files, n_bytes = dvc_dir_md5(target)
         if have == md5:
@@ -364,9 +373,15 @@ def materialize(
             raise DataVersionError(
                 f"{where}: downloaded data has md5 {got}, expected {md5}; nothing was written"
             )
-        if target.exists():
+        if target.exists():  # replace=True: swap, and put the old data back if the swap fails
             target.rename(old)
-        tmp.rename(target)
+            try:
+                tmp.rename(target)
+            except OSError:
+                old.rename(target)
+                raise
+        else:
+            tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
