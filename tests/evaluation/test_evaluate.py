@@ -188,9 +188,12 @@ def test_dataset_md5_is_stable_and_tracks_names_and_bytes(pairs: Path, tmp_path:
     copy = tmp_path / "copy"
     shutil.copytree(pairs, copy)
     assert dataset_md5(copy) == md5  # location-independent
-    (copy / "notes.txt").write_text("not part of the set")
+    (copy / "notes.txt").write_text("part of the set for DVC")
     (copy / "manifest.jsonl").write_text("{}\n")
-    assert dataset_md5(copy) == md5  # only hr/ and lr/ images count
+    assert dataset_md5(copy) != md5  # the DVC identity: every file DVC would track counts
+    (copy / "notes.txt").unlink()
+    (copy / "manifest.jsonl").unlink()
+    assert dataset_md5(copy) == md5
 
     data = bytearray((copy / "hr" / "frame_02.png").read_bytes())
     data[-20] ^= 0x01

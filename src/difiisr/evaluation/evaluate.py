@@ -5,6 +5,7 @@ Outputs in ``out_dir`` (all written atomically):
 - ``per_image.csv``: one row per image and method (``bicubic`` first, then the model), one column per metric;
 - ``aggregate.json``: mean per metric per method, model minus bicubic, evaluation-set md5, number of images,
   the metric conventions in words, and what was not computed (and why);
+- ``metrics.json``: the same aggregate numbers flat (``mlflow_metrics`` keys), for ``dvc metrics show``;
 - ``report.html``: self-contained report (metrics table, crops bicubic | SR | HR, per-image table);
 - ``sr/NAME.png``: the model's SR images (lossless PNG, the LR's bit depth).
 """
@@ -45,6 +46,7 @@ SF: Final = 4
 BICUBIC: Final = "bicubic"
 CSV_NAME: Final = "per_image.csv"
 JSON_NAME: Final = "aggregate.json"
+METRICS_NAME: Final = "metrics.json"
 HTML_NAME: Final = "report.html"
 SR_DIRNAME: Final = "sr"
 BASE_METRICS: Final = ("psnr_y", "ssim_y", "psnr", "ssim", "niqe")
@@ -214,7 +216,7 @@ def evaluate_pairs(
     json_path = write_json(out / JSON_NAME, summary)
     html_path = write_html(out / HTML_NAME, summary, rows, crop_sets)
     log.info("evaluated %d pairs (md5 %s) -> %s", len(pairs), md5, out)
-    return EvaluationResult(
+    result = EvaluationResult(
         name=methods[-1],
         out_dir=out,
         csv_path=csv_path,
@@ -230,6 +232,8 @@ def evaluate_pairs(
         not_computed=not_computed,
         rows=tuple(rows),
     )
+    write_json(out / METRICS_NAME, mlflow_metrics(result))
+    return result
 
 
 def mlflow_metrics(result: EvaluationResult) -> dict[str, float]:
