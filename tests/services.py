@@ -1,9 +1,10 @@
 """Real local services for tests: SeaweedFS S3 and an MLflow tracking server on 127.0.0.1, free ports.
 
-A pytest plugin (tests/conftest.py: ``pytest_plugins = ["services"]``). The servers are the classes of
-``infra/local/stack.py``, the same code as ``make stack-up``; each starts once per session on first use,
-under a temporary root, and is stopped at the end of the session by its PID file (process group), so no
-process is left behind. A start that fails raises ``stack.StackError`` with the server's log tail.
+A pytest plugin (tests/conftest.py: ``pytest_plugins = ["services"]``; ``tests/`` is on the import path
+through the ``pythonpath`` option in pyproject.toml). The servers are the classes of the ``difiisr.stack``
+package, the same code as ``make stack-up``; each starts once per session on first use, under a temporary
+root, and is stopped at the end of the session by its PID file (process group), so no process is left
+behind. A start that fails raises ``difiisr.stack.StackError`` with the server's log tail.
 
 Fixtures:
 - ``seaweedfs`` (session): ``endpoint_url``, ``access_key``, ``secret_key``, ``region``, ``client()`` (boto3
@@ -18,15 +19,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-_INFRA_LOCAL = Path(__file__).resolve().parents[1] / "infra" / "local"
-if str(_INFRA_LOCAL) not in sys.path:  # conftest.py adds it too; this keeps `-p services` usable alone
-    sys.path.insert(0, str(_INFRA_LOCAL))
-
-from stack import ARTIFACT_BUCKET, Credentials, MLflowServer, SeaweedFS  # noqa: E402
+from difiisr.stack import ARTIFACT_BUCKET, Credentials, MLflowServer, SeaweedFS
 
 # Variables that would point an MLflow client elsewhere than the test server.
 _MLFLOW_CLIENT_VARS = (

@@ -8,9 +8,9 @@ DIFIISR=.venv/bin/difiisr
 mkdir -p "$D"
 
 if [ "${STACK:-0}" = "1" ]; then
-  .venv/bin/python infra/local/stack.py up
+  .venv/bin/python -m difiisr.stack up
   # shellcheck disable=SC1091
-  eval "$(.venv/bin/python infra/local/stack.py env)"
+  eval "$(.venv/bin/python -m difiisr.stack env)"
 else
   export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$(cd "$D" && pwd)/mlflow.db}
 fi

@@ -2,9 +2,10 @@
 kustomize`), every built-in object validates offline against the Kubernetes OpenAPI schemas
 (kubernetes-validate, strict), and the security and wiring rules hold for every workload.
 
-kubernetes-validate has no schemas for Kubeflow's CRDs (TrainingRuntime, TrainJob): their structure is
-checked here field by field against the Trainer v1alpha1 API, and the pod template a TrainingRuntime
-embeds is validated as a core/v1 Pod.
+kubernetes-validate has no schemas for Kubeflow's CRDs (TrainingRuntime, TrainJob): every rendered Trainer
+object is validated against the Trainer API models of ``kubeflow_trainer_api`` with unknown fields refused
+(``difiisr.training.trainjob.validate_trainer_object``), and the pod template a TrainingRuntime embeds is
+validated as a core/v1 Pod as well.
 """
 
 from __future__ import annotations
@@ -156,12 +157,24 @@ def test_crds_have_no_schema_here_and_their_pod_templates_validate_as_pods() -> 
         kubernetes_validate.validate(pod, version, strict=True)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_trainer_object_validates_against_the_trainer_api_models(target: str) -> None:
+    from difiisr.training.trainjob import validate_trainer_object
+
+    trainer_objs = [o for o in render(target) if o["apiVersion"].startswith("trainer.kubeflow.org/")]
+    for obj in trainer_objs:
+        validate_trainer_object(obj)  # raises TrainJobConfigError naming every unknown or mistyped field
+    kinds = {o["kind"] for o in trainer_objs}
+    assert kinds == ({"TrainJob"} if target == "examples" else {"TrainingRuntime"}), target
+
+
 def test_training_runtime_structure() -> None:
     for overlay in OVERLAYS:
         runtime = by_kind(render(f"overlays/{overlay}"), "TrainingRuntime")["difiisr-torch"]
         assert runtime["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
         assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
-        assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {"numProcPerNode": "auto"}}
+        # Trainer API 2.3: TorchMLPolicySource has only envInjection; processes per node are a TrainJob setting
+        assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {}}
         (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
         assert job["name"] == "node"
         assert (

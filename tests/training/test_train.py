@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from difiisr.inference.settings import InferenceSettings
 from difiisr.io import read_image
 from difiisr.training import ResumeError, train
 from difiisr.training.checkpointing import read_marker
@@ -57,7 +58,7 @@ def test_loss_falls_exports_and_tracks_to_local_sqlite(
     assert bundle.meta["step"] == 24 and bundle.meta["dataset_md5"]
     upscaler = Upscaler.from_folder(result.model_dir, device="cpu")
     lr = read_image(val_pairs / "lr" / "im000.png").pixels
-    sr = upscaler.upscale_array(lr, sampler="onestep", seed=0)
+    sr = upscaler.upscale_array(lr, InferenceSettings(sampler="onestep", seed=0))
     assert sr.shape == (64, 64) and sr.dtype == np.uint8
 
     # tracking went to ./mlflow.db because MLFLOW_TRACKING_URI was unset
@@ -193,7 +194,9 @@ def test_latent_preset_encodes_with_the_frozen_autoencoder(tmp_path: Path, tiny_
     assert result.status == "completed" and all(np.isfinite(result.losses))
     assert (result.model_dir / "autoencoder.safetensors").is_file()
     upscaler = Upscaler.from_folder(result.model_dir, device="cpu")
-    sr = upscaler.upscale_array(read_image(pairs / "lr" / "im000.png").pixels, sampler="onestep")
+    sr = upscaler.upscale_array(
+        read_image(pairs / "lr" / "im000.png").pixels, InferenceSettings(sampler="onestep")
+    )
     assert sr.shape == (256, 256)
 
     no_vae = dataclasses.replace(

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from difiisr.data.pairs import list_pairs
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.metrics import psnr_y
-from difiisr.evaluation.pairs import list_pairs
 from difiisr.io import image_to_tensor, read_image, tensor_to_image, write_image
 from difiisr.models.preset import ModelPreset
 
@@ -82,16 +82,19 @@ def validate(
 
     Writes ``grid_path`` (PNG; bicubic | SR | HR of the first pair) when given.
     """
+    from difiisr.inference.settings import InferenceSettings
     from difiisr.inference.upscaler import Upscaler
 
     pairs = list_pairs(pairs_dir)[:n_images]
     upscaler = Upscaler(preset, unet, autoencoder, device=device)
+    base = InferenceSettings(sampler=sampler, steps=steps, seed=seed)  # type: ignore[arg-type]
+    upscaler.check(base)
     sr_scores, bic_scores = [], []
     grid_written = None
     for i, pair in enumerate(pairs):
         lr_img, hr_img = read_image(pair.lr), read_image(pair.hr)
         y = image_to_tensor(lr_img.pixels)
-        sr = upscaler.upscale_tensor(y, sampler=sampler, steps=steps, seed=seed + i)
+        sr = upscaler.upscale_tensor(y, base.replace(seed=seed + i))
         sr_pixels = tensor_to_image(sr[0].float().cpu(), bit_depth=hr_img.bit_depth, channels=hr_img.channels)
         bicubic = bicubic_upscale(lr_img.pixels, preset.sf)
         sr_scores.append(psnr_y(sr_pixels, hr_img.pixels))
