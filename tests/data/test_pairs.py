@@ -83,6 +83,11 @@ def test_pairs_are_sorted_and_the_layout_is_checked(tmp_path: Path) -> None:
 
 
 def test_temp_files_are_never_listed_or_fingerprinted(tmp_path: Path) -> None:
+    """Listings skip temp files; in a difiisr DVC workspace (its .dvcignore lists the temp names) neither DVC nor
+    the data identity counts them."""
+    from difiisr.data.versioning import init_workspace
+
+    init_workspace(tmp_path)
     root = _pairs(tmp_path / "pairs", ("a.png",), ("a.png",))
     md5 = dataset_md5(root)
     with atomic_path(root / "hr" / "b.png") as hr_tmp, atomic_path(root / "lr" / "b.png") as lr_tmp:

@@ -29,6 +29,7 @@ import yaml
 
 from difiisr.data.fingerprint import dvc_dir_md5
 from difiisr.errors import ExitCode, JobError
+from difiisr.storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def init_workspace(
         _dvc(root, "init", "-q")
     elif "no_scm" in (root / ".dvc" / "config").read_text():  # a workspace made by older difiisr (no git)
         _dvc(root, "config", "--unset", "core.no_scm")
+    _ignore_temp_files(root)
     if remote is None:
         return root
     url = remote if _is_url(remote) else str(Path(remote).resolve())
@@ -158,6 +160,19 @@ def init_workspace(
     if url.startswith("s3://") and endpoint:
         _dvc(root, "remote", "modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
     return root
+
+
+def _ignore_temp_files(root: Path) -> None:
+    """List difiisr's atomic-write temp names in ``ROOT/.dvcignore`` so DVC never tracks a write in progress."""
+    from difiisr.storage.atomic import TEMP_IGNORE_PATTERN
+
+    path = root / ".dvcignore"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if TEMP_IGNORE_PATTERN not in text.splitlines():
+        note = "# difiisr atomic-write temp files (a write in progress is never data)\n"
+        atomic_write_text(
+            path, text + ("" if text.endswith("\n") or not text else "\n") + note + TEMP_IGNORE_PATTERN + "\n"
+        )
 
 
 def _default_remote_url(root: Path) -> str | None:

@@ -34,6 +34,10 @@ STALE_AFTER_S: Final = 24 * 3600.0
 #: Clock slack (s) when comparing a process start time with a file time (``/proc/stat`` btime is whole seconds).
 _CLOCK_SLACK_S: Final = 2.0
 
+#: The temp names as a gitignore-style pattern: ``.dvcignore`` of difiisr's DVC workspaces lists it, so DVC (and
+#: therefore the data identity, ``difiisr.data.fingerprint``) never tracks a write in progress.
+TEMP_IGNORE_PATTERN: Final = ".*.tmp-*"
+
 _TEMP_RE: Final = re.compile(
     r"^\.(?P<stem>.*)\.tmp-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-(?P<token>[0-9a-z]{8})(?P<suffix>\.[^.]*)?$"
 )
