@@ -206,18 +206,26 @@ def test_scale_zero_reproduces_the_unguided_sample_exactly(sampler) -> None:
 @pytest.mark.parametrize("sampler", [sample_ddim, sample_ancestral])
 def test_guidance_lowers_the_lr_consistency_error_on_a_known_problem(sampler) -> None:
     """Known answer: HR with LR y = A(HR); a denoiser that only passes z_t through leaves prior noise in the
-    sample, so it is not consistent with y. Guiding with lambda = 1 makes A(sample) much closer to y."""
+    sample, so it is not consistent with y. Guidance lowers ||A(sample) - y||^2, more with a larger lambda, to
+    under 15% of the unguided error at lambda = 8 (the correction is scaled by the update's weight on z_t)."""
     diffusion = pixel_process()
     hr = power_law_image(64, 2.0, seed=15, channels=3).float()
     y = bicubic_downsample_tensor(hr, 4)
     zy = torch.nn.functional.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False)
     model = identity_model(diffusion)
-    lambdas = step_sizes("constant", 1.0, diffusion.etas)
-    hook = lr_consistency_guidance(y, lambda v: v, lambdas, sf=4)
-    kwargs = {"clip_x0": False}
-    plain = sampler(model, diffusion, zy, None, generator=torch.Generator().manual_seed(4), **kwargs)
-    guided = sampler(
-        model, diffusion, zy, None, generator=torch.Generator().manual_seed(4), guidance=hook, **kwargs
-    )
-    err_plain, err_guided = float(lr_consistency(plain, y, 4)), float(lr_consistency(guided, y, 4))
-    assert err_guided < 0.25 * err_plain, (err_plain, err_guided)
+
+    def error(scale: float) -> float:
+        hook = lr_consistency_guidance(y, lambda v: v, step_sizes("constant", scale, diffusion.etas), sf=4)
+        out = sampler(
+            model,
+            diffusion,
+            zy,
+            None,
+            generator=torch.Generator().manual_seed(4),
+            guidance=hook,
+            clip_x0=False,
+        )
+        return float(lr_consistency(out, y, 4))
+
+    plain, weak, strong = error(0.0), error(2.0), error(8.0)
+    assert strong < weak < plain and strong < 0.15 * plain, (plain, weak, strong)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from difiisr.diffusion import SAMPLERS, Guidance, ResShiftDiffusion
-from difiisr.diffusion.guidance import SpectralPriorError, lr_consistency_guidance, step_sizes
+from difiisr.diffusion.guidance import lr_consistency_guidance, step_sizes
 from difiisr.errors import DifiisrError
 from difiisr.inference.settings import DEVICES, InferenceSettings, SettingsError
 from difiisr.inference.tiling import (
@@ -280,10 +280,7 @@ class Upscaler:
         def decode(z: Tensor) -> Tensor:
             return self.conditioner.decode_differentiable(z, checkpoint=settings.guidance_checkpoint)
 
-        try:
-            return lr_consistency_guidance(y, decode, lambdas, sf=self.sf, mu=settings.guidance_spectral)
-        except SpectralPriorError as exc:
-            raise SettingsError(f"guidance_spectral={settings.guidance_spectral:g}: {exc}") from None
+        return lr_consistency_guidance(y, decode, lambdas, sf=self.sf, mu=settings.guidance_spectral)
 
     def _noise(self, batch: int, height: int, width: int, draws: int, seed: int) -> Tensor:
         """``(B, draws, C, height, width)`` float32 standard normal; every image draws from its own CPU generator
