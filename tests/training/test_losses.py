@@ -169,8 +169,9 @@ def test_each_term_is_logged_to_metrics_and_mlflow(
 ) -> None:
     import mlflow
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
+    # an absolute store: MLflow caches stores by URI, so a relative sqlite:///mlflow.db would leak across tests
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     vgg = vgg_file(tmp_path / "vgg.safetensors")
     losses = LossesConfig(
         spectral=SpectralLossConfig(weight=0.5),
@@ -189,7 +190,7 @@ def test_each_term_is_logged_to_metrics_and_mlflow(
         assert r["loss_spectral"] > 0 and r["loss_perceptual"] > 0
         combined = r["loss_diffusion"] + 0.5 * r["loss_spectral"] + 0.1 * r["loss_perceptual"]
         assert r["loss"] == pytest.approx(combined, rel=1e-5)
-    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = mlflow.MlflowClient(tracking_uri=uri)
     for name in ("loss_diffusion", "loss_spectral", "loss_perceptual"):
         assert [m.step for m in client.get_metric_history(result.mlflow_run_id, name)] == [1, 2, 3, 4], name
 

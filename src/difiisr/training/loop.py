@@ -362,14 +362,16 @@ class _TrainingRun:
             shape = (self.preset.unet.out_channels, nets.x_size, nets.x_size)
             t, noise = _sample_noise(cfg.seed, micro["position"], shape, nets.diffusion.num_timesteps)
             device = accelerator.device
-            extra, hr, crop_gen = self._extra_losses, None, None
-            if extra is not None:
-                hr = micro["hr"].to(device, non_blocking=True)
-                crop_gen = generator_for(cfg.seed, "loss_crop", int(micro["position"][0]))
+            guidance: dict[str, Any] = {}  # the optional losses: section (training/losses.py)
+            if self._extra_losses is not None:
+                guidance = {
+                    "extra": self._extra_losses,
+                    "hr": micro["hr"].to(device, non_blocking=True),
+                    "generator": generator_for(cfg.seed, "loss_crop", int(micro["position"][0])),
+                }
             terms = compute_losses(
-                nets.diffusion, nets.unet, z0, zy, lq, t.to(device), noise.to(device),
-                extra=extra, hr=hr, generator=crop_gen,
-            )  # fmt: skip
+                nets.diffusion, nets.unet, z0, zy, lq, t.to(device), noise.to(device), **guidance
+            )
             accelerator.backward(terms["loss"])
             for name, value in terms.items():
                 total = value.detach().float()
