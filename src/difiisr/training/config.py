@@ -89,6 +89,8 @@ class MlflowConfig:
     enabled: bool = True
     experiment: str = "difiisr-train"
     run_name: str | None = None
+    # Log as a child of this run (a pipeline run's parent run, same experiment); null: a top-level run.
+    parent_run_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

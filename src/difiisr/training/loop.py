@@ -335,7 +335,12 @@ def _run(
             tags["validation.md5"] = dataset_md5(cfg.validation.dir)
         if cfg.mlflow.enabled:
             tracker = MlflowTracker.start(
-                cfg.mlflow.experiment, cfg.mlflow.run_name, out_dir, resume=resume, uri=tracking_uri()
+                cfg.mlflow.experiment,
+                cfg.mlflow.run_name,
+                out_dir,
+                resume=resume,
+                uri=tracking_uri(),
+                parent_run_id=cfg.mlflow.parent_run_id,
             )
             params = flatten(cfg.to_dict())
             params.update(
