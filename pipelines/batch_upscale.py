@@ -56,17 +56,19 @@ def batch_upscale(
         retry=cluster.STORAGE_RETRY,
     )
     with dsl.ExitHandler(closer, name="mlflow-lineage"):
-        stages.upscale_shards(
-            model_uri=model_uri,
-            input_uri=input_uri,
-            output_uri=output_uri,
-            glob=glob,
-            shards=shards,
-            inference=inference,
-            device=device,
-            mlflow_experiment=mlflow_experiment,
-            pipeline_name=PIPELINE_NAME,
-            parent_run_id="",
+        cluster.stage(
+            stages.upscale_shards(
+                model_uri=model_uri,
+                input_uri=input_uri,
+                output_uri=output_uri,
+                glob=glob,
+                shards=shards,
+                inference=inference,
+                device=device,
+                mlflow_experiment=mlflow_experiment,
+                pipeline_name=PIPELINE_NAME,
+                parent_run_id="",
+            )
         )
 
 

@@ -49,8 +49,13 @@ STORAGE_RETRY = Retry(3)
 TRAIN_RETRY = Retry(2, backoff="60s")
 
 
+def stage(task: PipelineTask) -> PipelineTask:
+    """A sub-pipeline task (a stage of several steps): never cached, like its steps."""
+    return task.set_caching_options(enable_caching=False)
+
+
 def _common(task: PipelineTask, cpu: str, memory: str, retry: Retry | None) -> PipelineTask:
-    task.set_caching_options(enable_caching=False)
+    stage(task)
     task.set_cpu_request(cpu).set_memory_request(memory)
     kubernetes.use_secret_as_env(task, secret_name=SECRET_NAME, secret_key_to_env={k: k for k in SECRET_ENV})
     kubernetes.use_config_map_as_env(

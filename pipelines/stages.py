@@ -120,15 +120,17 @@ def evaluate_and_release(
         retry=cluster.STORAGE_RETRY,
     )
     with dsl.If(gate.output == True, name="promoted"):  # noqa: E712 - a KFP condition, not a bool
-        upscale_shards(
-            model_uri=registered.outputs["champion_uri"],
-            input_uri=batch_input_uri,
-            output_uri=batch_output_uri,
-            glob=batch_glob,
-            shards=batch_shards,
-            inference=inference,
-            device=device,
-            mlflow_experiment=mlflow_experiment,
-            pipeline_name=TRAIN_EVAL,
-            parent_run_id=parent_run_id,
+        cluster.stage(
+            upscale_shards(
+                model_uri=registered.outputs["champion_uri"],
+                input_uri=batch_input_uri,
+                output_uri=batch_output_uri,
+                glob=batch_glob,
+                shards=batch_shards,
+                inference=inference,
+                device=device,
+                mlflow_experiment=mlflow_experiment,
+                pipeline_name=TRAIN_EVAL,
+                parent_run_id=parent_run_id,
+            )
         )

@@ -149,8 +149,10 @@ def train_eval(
                     train(num_nodes=num_nodes, **training), cpu="1", memory="4Gi", retry=cluster.TRAIN_RETRY
                 )
             )
-            stages.evaluate_and_release(
-                model=launcher.outputs["model"], model_run_id=launcher.outputs["Output"], **release
+            cluster.stage(
+                stages.evaluate_and_release(
+                    model=launcher.outputs["model"], model_run_id=launcher.outputs["Output"], **release
+                )
             )
         with dsl.Else(name="single-node"):
             trainer = cluster.with_work_volume(
@@ -163,8 +165,10 @@ def train_eval(
                     retry=cluster.TRAIN_RETRY,
                 )
             )
-            stages.evaluate_and_release(
-                model=trainer.outputs["model"], model_run_id=trainer.outputs["Output"], **release
+            cluster.stage(
+                stages.evaluate_and_release(
+                    model=trainer.outputs["model"], model_run_id=trainer.outputs["Output"], **release
+                )
             )
 
 
