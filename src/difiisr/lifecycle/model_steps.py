@@ -54,12 +54,9 @@ class TrainedModel:
         return {"mlflow_run_id": self.run_id, "processes": self.processes, "nodes": self.nodes}
 
 
-def _quoted(value: str | Path) -> str:
-    """A ``--set`` value that YAML reads back as exactly this string (run ids can look like numbers)."""
-    return json.dumps(str(value))
-
-
-def train_overrides(
+def resolve_train_config(
+    config: str,
+    overrides: Sequence[str],
     *,
     pairs_dir: Path,
     out_dir: Path,
@@ -67,21 +64,34 @@ def train_overrides(
     seed: int,
     experiment: str,
     parent_run_id: str,
-) -> list[str]:
-    """The ``--set`` overrides that point a training preset at the pipeline's pairs, work folder and lineage."""
-    overrides = [
-        f"data.train_dir={_quoted(pairs_dir / TRAIN)}",
-        f"validation.dir={_quoted(pairs_dir / TEST)}",
-        f"out_dir={_quoted(out_dir)}",
-        f"seed={int(seed)}",
-        "mlflow.enabled=true",
-        f"mlflow.experiment={_quoted(experiment)}",
-        f"mlflow.parent_run_id={_quoted(parent_run_id)}",
-        f"mlflow.run_name={_quoted(STEP_TRAIN)}",
-    ]
-    if steps > 0:
-        overrides.append(f"max_steps={int(steps)}")
-    return overrides
+) -> Any:
+    """The preset ``config`` with ``overrides``, pointed at the pipeline's pairs, work folder and lineage.
+
+    The pipeline's own settings win over ``overrides``; strings (paths, run ids that look like numbers) are set
+    on the typed config, not parsed from ``KEY=VALUE`` text. ``steps`` 0 keeps the preset's ``max_steps``.
+    """
+    from difiisr.training import load_train_config
+
+    numbers = [f"seed={int(seed)}", *([f"max_steps={int(steps)}"] if steps > 0 else [])]
+    cfg = load_train_config(config, [*overrides, *numbers])
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, train_dir=str(pairs_dir / TRAIN)),
+        validation=dataclasses.replace(cfg.validation, dir=str(pairs_dir / TEST)),
+        out_dir=str(out_dir),
+        mlflow=dataclasses.replace(
+            cfg.mlflow, enabled=True, experiment=experiment, run_name=STEP_TRAIN, parent_run_id=parent_run_id
+        ),
+    )
+
+
+def write_train_config(cfg: Any, path: Path) -> Path:
+    """Write ``cfg`` as a training YAML (what ``difiisr train --config`` reads on every rank and node)."""
+    import yaml
+
+    from difiisr.storage import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def accelerate_command(num_processes: int, verb_args: Sequence[str]) -> list[str]:
@@ -114,17 +124,16 @@ def _copy_folder(src: Path, dest: Path) -> None:
     tmp.rename(dest)
 
 
-def _train_here(config: str, overrides: list[str], num_gpus: int) -> None:
+def _train_here(cfg: Any, config_file: Path, num_gpus: int) -> None:
     """Train on this machine: in this process (CPU or one GPU), else ``accelerate launch`` with one per GPU."""
     if num_gpus <= 1:
-        from difiisr.training import load_train_config
         from difiisr.training import train as run_training
 
-        result = run_training(load_train_config(config, overrides), resume=True)
+        result = run_training(cfg, resume=True)
         if result.status == "preempted":
             raise TrainingPreempted(f"training preempted at step {result.step}; the retry resumes it")
         return
-    cmd = accelerate_command(num_gpus, ["train", "--config", config, "--resume", *_set_args(overrides)])
+    cmd = accelerate_command(num_gpus, ["train", "--config", str(config_file), "--resume"])
     log.info("launching: %s", " ".join(cmd))
     code = subprocess.run(cmd, check=False).returncode
     if code == ExitCode.PREEMPTED:
@@ -133,31 +142,13 @@ def _train_here(config: str, overrides: list[str], num_gpus: int) -> None:
         raise JobError(f"`accelerate launch ... difiisr train` exited with {code}; see the log above")
 
 
-def _set_args(overrides: Sequence[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
-
-
-def _train_on_cluster(
-    config: str, overrides: list[str], work: Path, pairs_dir: Path, *, nodes: int, gpus: int, image: str
-) -> None:
+def _train_on_cluster(config_file: Path, *, name: str, nodes: int, gpus: int, image: str) -> None:
     """Train on ``nodes`` x ``gpus`` with a Kubeflow TrainJob (same image and entry point) and wait for it.
 
-    Every node reads the pairs and the resolved config from the shared work volume, so both go there first.
+    Every node reads ``config_file`` (and the pairs it names) from the shared work volume.
     """
-    import yaml
-
-    from difiisr.storage import atomic_write_text
-    from difiisr.training import load_train_config
     from difiisr.training.trainjob import build_trainjob, submit_and_wait, validate_trainer_object
 
-    shared = work / "pairs"
-    if not shared.is_dir():
-        _copy_folder(pairs_dir, shared)
-    moved = [f"data.train_dir={_quoted(shared / TRAIN)}", f"validation.dir={_quoted(shared / TEST)}"]
-    config_file = work / "train_config.yaml"
-    cfg = load_train_config(config, [*overrides, *moved])
-    atomic_write_text(config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    name = "difiisr-train-" + re.sub(r"[^a-z0-9-]", "-", work.name.lower())[-40:].strip("-")
     job = build_trainjob(
         name=name, image=image, config_path=str(config_file), num_nodes=nodes, gpus_per_node=gpus
     )
@@ -183,27 +174,34 @@ def train(
 ) -> TrainedModel:
     """Train the preset ``config`` on ``pairs_dir/train`` and copy the exported model folder to ``model_dir``.
 
-    The work folder ``work_root/KFP_RUN_ID/train`` keeps the checkpoints, so a retried (preempted) step resumes
-    there; on a cluster it lives on the shared volume. ``num_nodes > 1`` runs a Kubeflow TrainJob of
-    ``num_nodes`` x ``num_gpus`` ranks in ``image``; else this machine trains with ``num_gpus`` processes (one
-    process on CPU when 0). ``steps`` 0 keeps the preset's ``max_steps``. ``overrides``: more ``KEY=VALUE``
-    settings for the preset, applied before the pipeline's own (data, work folder, lineage), which win.
+    The work folder ``work_root/KFP_RUN_ID`` keeps the resolved config and ``train/`` (checkpoints), so a retried
+    (preempted) step resumes there; on a cluster it lives on the shared volume. ``num_nodes > 1`` runs a
+    Kubeflow TrainJob of ``num_nodes`` x ``num_gpus`` ranks in ``image`` (the pairs are copied to the work folder
+    first, since every node reads them there); else this machine trains with ``num_gpus`` processes (one
+    process on CPU when 0). ``steps`` 0 keeps the preset's ``max_steps``; ``overrides`` are more ``KEY=VALUE``
+    settings of the preset.
     """
     pairs = require_splits(pairs_dir, "pairs dataset")
-    work = Path(work_root) / re.sub(r"[^A-Za-z0-9_.-]", "_", kfp_run_id) / STEP_TRAIN
-    lineage = train_overrides(
-        pairs_dir=pairs,
+    run_dir = Path(work_root) / re.sub(r"[^A-Za-z0-9_.-]", "_", kfp_run_id)
+    work = run_dir / STEP_TRAIN
+    if num_nodes > 1 and not (run_dir / "pairs").is_dir():
+        _copy_folder(pairs, run_dir / "pairs")
+    cfg = resolve_train_config(
+        config,
+        overrides,
+        pairs_dir=run_dir / "pairs" if num_nodes > 1 else pairs,
         out_dir=work,
         steps=steps,
         seed=seed,
         experiment=experiment,
         parent_run_id=parent_run_id,
     )
-    settings = [*overrides, *lineage]
+    config_file = write_train_config(cfg, run_dir / "train_config.yaml")
     if num_nodes > 1:
-        _train_on_cluster(config, settings, work.parent, pairs, nodes=num_nodes, gpus=num_gpus, image=image)
+        name = "difiisr-train-" + re.sub(r"[^a-z0-9-]", "-", run_dir.name.lower())[-40:].strip("-")
+        _train_on_cluster(config_file, name=name, nodes=num_nodes, gpus=num_gpus, image=image)
     else:
-        _train_here(config, settings, num_gpus)
+        _train_here(cfg, config_file, num_gpus)
     from difiisr.training.loop import MODEL_DIR
 
     run_id = _run_id(work)

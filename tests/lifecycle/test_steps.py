@@ -1,0 +1,193 @@
+"""The pipeline's step functions without the orchestrator (real MLflow on a SQLite store, real data suite, real
+training under `accelerate launch` with CPU ranks)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from PIL import Image
+
+from difiisr.data.synthetic import generate_dataset
+from difiisr.errors import ExitCode, UsageError
+from difiisr.lifecycle import data_steps, lineage, model_steps, release_steps
+from difiisr.registry.names import LINEAGE_TAG_STEP
+from difiisr.training import load_train_config
+
+
+@pytest.fixture
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    client.create_experiment("exp", artifact_location=(tmp_path / "artifacts").as_uri())
+    return client
+
+
+def test_accelerate_command_one_process_per_gpu():
+    one = model_steps.accelerate_command(1, ["train", "--config", "train_tiny"])
+    assert one[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert "--multi_gpu" not in one
+    assert one[one.index("--num_processes") + 1] == "1"
+    four = model_steps.accelerate_command(4, ["train", "--config", "x.yaml", "--resume"])
+    assert four[four.index("--num_processes") + 1] == "4"
+    assert four[four.index("--num_machines") + 1] == "1"
+    assert "--multi_gpu" in four
+    assert four[-6:] == ["-m", "difiisr.cli.main", "train", "--config", "x.yaml", "--resume"]
+    with pytest.raises(ValueError, match="num_processes=0"):
+        model_steps.accelerate_command(0, ["train"])
+
+
+def test_resolved_train_config_keeps_run_ids_and_paths_as_strings(tmp_path: Path):
+    pairs = tmp_path / "pairs with space"
+    run_id = "0123456789" * 3 + "00"  # an MLflow run id can be all digits (and start with 0)
+    cfg = model_steps.resolve_train_config(
+        "train_tiny",
+        ["optim.lr=1e-4", "out_dir=ignored", "mlflow.enabled=false"],
+        pairs_dir=pairs,
+        out_dir=tmp_path / "work",
+        steps=7,
+        seed=3,
+        experiment="123",
+        parent_run_id=run_id,
+    )
+    assert cfg.optim.lr == 1e-4  # the caller's overrides apply ...
+    assert cfg.out_dir == str(tmp_path / "work")  # ... but the pipeline's own settings win
+    assert cfg.mlflow.enabled is True
+    assert (cfg.mlflow.parent_run_id, cfg.mlflow.experiment, cfg.mlflow.run_name) == (run_id, "123", "train")
+    assert cfg.data.train_dir == str(pairs / "train")
+    assert cfg.validation.dir == str(pairs / "test")
+    assert (cfg.max_steps, cfg.seed) == (7, 3)
+    # what every rank (and node) reads back from the work folder is the same config
+    written = model_steps.write_train_config(cfg, tmp_path / "train_config.yaml")
+    assert load_train_config(written) == cfg
+    keep = model_steps.resolve_train_config(
+        "train_tiny",
+        [],
+        pairs_dir=pairs,
+        out_dir=tmp_path,
+        steps=0,
+        seed=0,
+        experiment="e",
+        parent_run_id="r",
+    )
+    assert keep.max_steps == load_train_config("train_tiny").max_steps
+
+
+def test_evaluation_settings_from_pipeline_params():
+    settings = model_steps._evaluation_settings(
+        {"sampler": "ddim", "steps": 4, "seed": 2, "tile": None}, "cpu"
+    )
+    assert (settings.sampler, settings.steps, settings.seed, settings.tile, settings.device) == (
+        "ddim",
+        4,
+        2,
+        None,
+        "cpu",
+    )
+    with pytest.raises(Exception, match=r"\['tile_size'\] are not known"):
+        model_steps._evaluation_settings({"tile_size": 3}, "cpu")
+
+
+def test_require_splits_names_the_missing_split(tmp_path: Path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(data_steps.DatasetLayoutError, match=r"has no test/ folder.*train/ and test/"):
+        data_steps.require_splits(tmp_path, "HR dataset")
+    (tmp_path / "test").mkdir()
+    assert data_steps.require_splits(tmp_path, "HR dataset") == tmp_path
+
+
+def _hr_dataset(root: Path, size: int) -> Path:
+    generate_dataset(root / "train", 2, (size, size), seed=0, progress=False)
+    generate_dataset(root / "test", 1, (size, size), seed=9, progress=False)
+    return root
+
+
+def test_validate_data_fails_with_reports_in_mlflow(tmp_path: Path, tracking: MlflowClient):
+    hr = _hr_dataset(tmp_path / "hr", 64)
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(hr / "test" / "small.png")  # below min_side
+    parent = lineage.pipeline_run("exp", "kfp-1", pipeline="p")
+    with pytest.raises(data_steps.DataRulesBroken, match=r"(?s)test: FAIL.*min_side.*small\.png") as info:
+        data_steps.validate_data(
+            hr_dir=hr, report_dir=tmp_path / "reports", min_side=64, parent_run_id=parent
+        )
+    assert info.value.exit_code == ExitCode.FAILURES
+    (step,) = lineage.step_runs(parent)
+    assert (step.step, step.status) == ("validate_data", "FAILED")
+    assert step.metrics["rules_failed.test"] >= 1 and step.metrics["rules_failed.train"] == 0
+    logged = {a.path for a in tracking.list_artifacts(step.run_id, "validation/test")}
+    assert {"validation/test/report.json", "validation/test/report.html"} <= logged
+    report = json.loads((tmp_path / "reports" / "test" / "report.json").read_text())
+    assert report["success"] is False
+    (tmp_path / "hr" / "test" / "small.png").unlink()
+    outcome = data_steps.validate_data(
+        hr_dir=hr, report_dir=tmp_path / "reports", min_side=64, parent_run_id=parent
+    )
+    assert outcome.images == {"train": 2, "test": 1}
+    assert lineage.step_runs(parent)[0].status == "FINISHED"  # the retried step finished its child run
+
+
+def test_pin_model_uri_and_work_orders(tracking: MlflowClient):
+    tracking.create_registered_model("m")
+    tracking.create_model_version("m", source="file:///nowhere")
+    v2 = tracking.create_model_version("m", source="file:///nowhere")
+    tracking.set_registered_model_alias("m", "champion", v2.version)
+    assert release_steps.pin_model_uri("models:/m@champion") == f"models:/m/{v2.version}"
+    assert release_steps.pin_model_uri("models:/m/1") == "models:/m/1"
+    assert release_steps.pin_model_uri("runs:/abc/model_folder") == "runs:/abc/model_folder"
+    with pytest.raises(UsageError, match=r"model 'm' has no alias 'nope' .*; promote a version first"):
+        release_steps.pin_model_uri("models:/m@nope")
+    plan = release_steps.plan_batch(
+        model_uri="models:/m@champion", shards=3, experiment="exp", kfp_run_id="kfp-7", pipeline="batch"
+    )
+    assert plan.parent_run_id == lineage.find_pipeline_run("exp", "kfp-7")
+    assert plan.work_orders() == [
+        {"shard": i, "model_uri": f"models:/m/{v2.version}", "parent_run_id": plan.parent_run_id}
+        for i in range(3)
+    ]
+    with pytest.raises(UsageError, match="shards=0"):
+        release_steps.plan_batch(model_uri="x", shards=0, experiment="exp", kfp_run_id="k", pipeline="b")
+
+
+@pytest.mark.slow
+def test_train_step_with_two_cpu_ranks_under_accelerate_launch(
+    tmp_path: Path, tracking: MlflowClient, monkeypatch: pytest.MonkeyPatch
+):
+    from difiisr.degradation.pairs import degrade_folder
+
+    hr = _hr_dataset(tmp_path / "hr", 64)
+    generate_dataset(hr / "train", 4, (64, 64), seed=0, progress=False)  # 4 frames: a global batch of 4
+    for split in ("train", "test"):
+        degrade_folder(hr / split, tmp_path / "pairs" / split, protocol="bicubic", crop=None, progress=False)
+    parent = lineage.pipeline_run("exp", "kfp-1", pipeline="p")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # two CPU ranks stand in for two GPUs
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    trained = model_steps.train(
+        pairs_dir=tmp_path / "pairs",
+        model_dir=tmp_path / "model",
+        work_root=tmp_path / "work",
+        config="train_tiny",
+        steps=2,
+        num_gpus=2,
+        num_nodes=1,
+        seed=0,
+        experiment="exp",
+        parent_run_id=parent,
+        kfp_run_id="kfp/1",
+        image="unused",
+        overrides=["data.batch_size=4", "validation.n_images=1", "val_every=0", "log_every=1"],
+    )
+    assert trained.processes == 2
+    assert trained.work_dir == tmp_path / "work" / "kfp_1" / "train"
+    assert (tmp_path / "model" / "model.yaml").is_file()
+    run = tracking.get_run(trained.run_id)
+    assert run.data.tags[MLFLOW_PARENT_RUN_ID] == parent
+    assert run.data.tags[LINEAGE_TAG_STEP] == "train"
+    assert run.data.params["num_processes"] == "2"
+    assert run.info.status == "FINISHED"
+    assert [(r.step, r.run_id) for r in lineage.step_runs(parent)] == [("train", trained.run_id)]
