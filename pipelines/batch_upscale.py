@@ -96,14 +96,22 @@ def main(argv=None) -> int:
             return 0
         if args.host and args.schedule:
             job = entry.schedule(
-                batch_upscale, args.host, args.experiment, args.schedule, params, name=args.name
+                batch_upscale,
+                args.host,
+                args.experiment,
+                args.schedule,
+                params,
+                name=args.name,
+                service_account=args.service_account,
             )
             print(
                 f"created recurring run {job} ({args.schedule!r}, max concurrency 1, no catch-up) on {args.host}"
             )
             return 0
         if args.host:
-            run_id = entry.submit(batch_upscale, args.host, args.experiment, params)
+            run_id = entry.submit(
+                batch_upscale, args.host, args.experiment, params, service_account=args.service_account
+            )
             print(f"submitted {PIPELINE_NAME} run {run_id} to {args.host} (experiment {args.experiment})")
             return 0
         from pipelines import summary

@@ -101,3 +101,12 @@ def with_work_volume(task: PipelineTask) -> PipelineTask:
     """Mount the shared work PVC at ``WORK_MOUNT`` (training checkpoints; multi-node pairs and configs)."""
     kubernetes.mount_pvc(task, pvc_name=WORK_PVC, mount_path=WORK_MOUNT)
     return task
+
+
+def with_namespace_env(task: PipelineTask) -> PipelineTask:
+    """Expose the pod's namespace as ``POD_NAMESPACE`` (downward API): where the train step creates its TrainJob.
+
+    The run's service account must be allowed to create TrainJobs there (``difiisr-pipeline`` in infra/k8s).
+    """
+    kubernetes.use_field_path_as_env(task, env_name="POD_NAMESPACE", field_path="metadata.namespace")
+    return task

@@ -44,6 +44,12 @@ def build_parser(description: str, *, schedule: bool = False) -> argparse.Argume
         "--experiment", default=KFP_EXPERIMENT, help=f"KFP experiment for --host (default {KFP_EXPERIMENT})"
     )
     parser.add_argument(
+        "--service-account",
+        default=None,
+        help="with --host: the Kubernetes service account of the run's pods (multi-node training needs one "
+        "allowed to create TrainJobs, e.g. difiisr-pipeline from infra/k8s); default: KFP's",
+    )
+    parser.add_argument(
         "--param",
         dest="params",
         action="append",
@@ -111,12 +117,13 @@ def submit(
     experiment: str,
     arguments: Mapping[str, Any],
     *,
+    service_account: str | None = None,
     client_factory: Callable[[str], Any] | None = None,
 ) -> str:
     """Submit one run to the KFP API at ``host``; returns its run id."""
     client = _client(host, client_factory)
     result = client.create_run_from_pipeline_func(
-        pipeline, arguments=dict(arguments), experiment_name=experiment
+        pipeline, arguments=dict(arguments), experiment_name=experiment, service_account=service_account
     )
     return str(result.run_id)
 
@@ -129,6 +136,7 @@ def schedule(
     arguments: Mapping[str, Any],
     *,
     name: str | None = None,
+    service_account: str | None = None,
     client_factory: Callable[[str], Any] | None = None,
 ) -> str:
     """Create a recurring run of ``pipeline`` on ``cron`` (6 fields): at most one at a time, no catch-up."""
@@ -144,6 +152,7 @@ def schedule(
             no_catchup=True,
             params=dict(arguments),
             pipeline_package_path=str(package),
+            service_account=service_account,
         )
     return str(job.recurring_run_id)
 

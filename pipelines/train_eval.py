@@ -144,9 +144,14 @@ def train_eval(
             "mlflow_experiment": mlflow_experiment,
         }
         with dsl.If(num_nodes > 1, name="multi-node"):
-            launcher = cluster.with_work_volume(
-                cluster.cpu_step(
-                    train(num_nodes=num_nodes, **training), cpu="1", memory="4Gi", retry=cluster.TRAIN_RETRY
+            launcher = cluster.with_namespace_env(
+                cluster.with_work_volume(
+                    cluster.cpu_step(
+                        train(num_nodes=num_nodes, **training).set_display_name("train (TrainJob)"),
+                        cpu="1",
+                        memory="4Gi",
+                        retry=cluster.TRAIN_RETRY,
+                    )
                 )
             )
             cluster.stage(
@@ -199,7 +204,9 @@ def main(argv=None) -> int:
             print(f"wrote {entry.compile_package(train_eval, args.compile)}")
             return 0
         if args.host:
-            run_id = entry.submit(train_eval, args.host, args.experiment, params)
+            run_id = entry.submit(
+                train_eval, args.host, args.experiment, params, service_account=args.service_account
+            )
             print(f"submitted {PIPELINE_NAME} run {run_id} to {args.host} (experiment {args.experiment})")
             return 0
         from pipelines import summary

@@ -210,6 +210,12 @@ def test_train_eval_cluster_settings(train_eval_spec):
         assert spec.platform[label]["pvcMount"][0]["mountPath"] == "/work"
         assert spec.platform[label]["pvcMount"][0]["constant"] == "difiisr-work"
     (gpu_label,) = [label for label, a in trainers.items() if a]
+    (launcher_label,) = [label for label, a in trainers.items() if not a]
+    # the TrainJob launcher creates the job in its own namespace (downward API), the GPU trainer needs none
+    assert spec.platform[launcher_label]["fieldPathAsEnv"] == [
+        {"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"}
+    ]
+    assert "fieldPathAsEnv" not in spec.platform[gpu_label]
     assert spec.platform[gpu_label]["emptyDirMounts"] == [
         {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi", "volumeName": "dshm"}
     ]

@@ -127,6 +127,7 @@ def test_schedule_creates_one_recurring_run_without_catchup():
     assert kwargs["max_concurrency"] == 1
     assert kwargs["no_catchup"] is True
     assert kwargs["params"] == {"shards": 8}
+    assert kwargs["service_account"] is None
     spec = yaml.safe_load(client.packages[0].split("\n---\n")[0])
     assert spec["pipelineInfo"]["name"] == "difiisr-batch-upscale"
 
@@ -148,13 +149,21 @@ def test_submit_passes_the_pipeline_and_arguments():
     from pipelines import entry
 
     clients: list[RecordingClient] = []
-    run_id = entry.submit(train_eval, "http://h", "exp", {"num_gpus": 8}, client_factory=recording(clients))
+    run_id = entry.submit(
+        train_eval,
+        "http://h",
+        "exp",
+        {"num_gpus": 8},
+        service_account="difiisr-pipeline",
+        client_factory=recording(clients),
+    )
     assert run_id == "run-1"
     ((name, kwargs),) = clients[0].calls
     assert name == "create_run_from_pipeline_func"
     assert kwargs["pipeline"] is train_eval
     assert kwargs["arguments"] == {"num_gpus": 8}
     assert kwargs["experiment_name"] == "exp"
+    assert kwargs["service_account"] == "difiisr-pipeline"
 
 
 def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 STEP_TRAIN = "train"
 STEP_EVALUATE = "evaluate"
+NAMESPACE_ENV = "POD_NAMESPACE"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+TRAINJOB_TIMEOUT_S = 7 * 24 * 3600  # a multi-node run may take days; the KFP task's own limits still apply
 
 
 class TrainingPreempted(DifiisrError):
@@ -142,18 +146,36 @@ def _train_here(cfg: Any, config_file: Path, num_gpus: int) -> None:
         raise JobError(f"`accelerate launch ... difiisr train` exited with {code}; see the log above")
 
 
+def _namespace() -> str:
+    """The Kubernetes namespace of this pod (``POD_NAMESPACE`` from the downward API, else the service account's)."""
+    namespace = os.environ.get(NAMESPACE_ENV, "")
+    if not namespace and SERVICE_ACCOUNT_NAMESPACE.is_file():
+        namespace = SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip()
+    if not namespace:
+        raise JobError(
+            f"num_nodes > 1 submits a Kubeflow TrainJob, which needs the pod's namespace: set {NAMESPACE_ENV} "
+            "(the pipeline sets it from metadata.namespace) or run in a pod with a service account"
+        )
+    return namespace
+
+
 def _train_on_cluster(config_file: Path, *, name: str, nodes: int, gpus: int, image: str) -> None:
     """Train on ``nodes`` x ``gpus`` with a Kubeflow TrainJob (same image and entry point) and wait for it.
 
-    Every node reads ``config_file`` (and the pairs it names) from the shared work volume.
+    Every node reads ``config_file`` (and the pairs it names) from the shared work volume; the TrainingRuntime
+    supplies the pods' credentials, endpoints, ``/dev/shm`` and that volume.
     """
-    from difiisr.training.trainjob import build_trainjob, submit_and_wait, validate_trainer_object
+    from difiisr.training.trainjob import build_trainjob, submit_and_wait
 
     job = build_trainjob(
-        name=name, image=image, config_path=str(config_file), num_nodes=nodes, gpus_per_node=gpus
+        name=name,
+        namespace=_namespace(),
+        image=image,
+        nodes=nodes,
+        gpus_per_node=gpus,
+        config=str(config_file),
     )
-    validate_trainer_object(job)
-    submit_and_wait(job)
+    submit_and_wait(job, timeout=TRAINJOB_TIMEOUT_S)
 
 
 def train(
