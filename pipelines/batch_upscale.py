@@ -21,7 +21,6 @@ if __package__ in (None, ""):  # run as a script or by `kfp dsl compile --py`: m
     if _ROOT not in sys.path:
         sys.path.insert(0, _ROOT)
 
-from components.lineage import close_lineage  # noqa: E402
 from kfp import dsl  # noqa: E402
 
 from pipelines import cluster, entry, stages  # noqa: E402
@@ -48,14 +47,7 @@ def batch_upscale(
     The model URI is pinned to one version before the fan-out, so every shard uses the same model. Outputs
     already made by that version with the same ``inference`` settings are skipped (``difiisr.inference.batch``).
     """
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    closer = cluster.cpu_step(
-        close_lineage(mlflow_experiment=mlflow_experiment, kfp_run_id=run_id, pipeline_name=PIPELINE_NAME),
-        cpu="250m",
-        memory="512Mi",
-        retry=cluster.STORAGE_RETRY,
-    )
-    with dsl.ExitHandler(closer, name="mlflow-lineage"):
+    with dsl.ExitHandler(stages.lineage_exit_task(mlflow_experiment, PIPELINE_NAME), name="mlflow-lineage"):
         cluster.stage(
             stages.upscale_shards(
                 model_uri=model_uri,
@@ -85,40 +77,13 @@ def local_arguments(setup, overrides) -> dict:
 
 def main(argv=None) -> int:
     """Run once locally (default), ``--compile``, ``--host URL`` (one run) or ``--schedule CRON --host URL``."""
-    args = entry.build_parser(__doc__.split("\n\n")[0], schedule=True).parse_args(argv)
-
-    def run() -> int:
-        params = entry.parse_params(args.params, batch_upscale)
-        if args.schedule and not args.host:
-            raise entry.UsageError("--schedule needs --host URL (the Kubeflow Pipelines API to create it on)")
-        if args.compile:
-            print(f"wrote {entry.compile_package(batch_upscale, args.compile)}")
-            return 0
-        if args.host and args.schedule:
-            job = entry.schedule(
-                batch_upscale,
-                args.host,
-                args.experiment,
-                args.schedule,
-                params,
-                name=args.name,
-                service_account=args.service_account,
-            )
-            print(
-                f"created recurring run {job} ({args.schedule!r}, max concurrency 1, no catch-up) on {args.host}"
-            )
-            return 0
-        if args.host:
-            run_id = entry.submit(
-                batch_upscale, args.host, args.experiment, params, service_account=args.service_account
-            )
-            print(f"submitted {PIPELINE_NAME} run {run_id} to {args.host} (experiment {args.experiment})")
-            return 0
-        from pipelines import summary
-
-        return summary.run_and_report(batch_upscale, PIPELINE_NAME, args.root, params, local_arguments)
-
-    return entry.main_guard(run)
+    return entry.main(
+        argv,
+        pipeline=batch_upscale,
+        description=__doc__.split("\n\n")[0],
+        local_arguments=local_arguments,
+        schedulable=True,
+    )
 
 
 if __name__ == "__main__":

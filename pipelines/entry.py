@@ -181,11 +181,51 @@ def run_local(pipeline: Any, arguments: Mapping[str, Any], pipeline_root: Path) 
     return started
 
 
-def main_guard(run: Callable[[], int]) -> int:
-    """Run ``run`` and turn a usage error into a message and ``ExitCode.USAGE``."""
+def main(
+    argv: Sequence[str] | None,
+    *,
+    pipeline: Any,
+    description: str,
+    local_arguments: Callable[[Any, Mapping[str, Any]], dict[str, Any]],
+    schedulable: bool = False,
+) -> int:
+    """The command line of ``pipeline``: local run (default), ``--compile``, ``--host`` (and ``--schedule``).
+
+    ``local_arguments(setup, params)`` turns the local layout (``difiisr.lifecycle.local``) and ``--param``
+    values into the local run's arguments. Returns the exit code (``ExitCode.USAGE`` on a usage error).
+    """
+    args = build_parser(description, schedule=schedulable).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return run()
+        return _dispatch(args, pipeline, local_arguments)
     except UsageError as exc:
         print(f"{Path(sys.argv[0]).name}: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
+
+
+def _dispatch(args: argparse.Namespace, pipeline: Any, local_arguments: Callable[..., dict[str, Any]]) -> int:
+    params = parse_params(args.params, pipeline)
+    cron = getattr(args, "schedule", None)
+    if cron and not args.host:
+        raise UsageError("--schedule needs --host URL (the Kubeflow Pipelines API to create it on)")
+    if args.compile:
+        print(f"wrote {compile_package(pipeline, args.compile)}")
+    elif args.host and cron:
+        job = schedule(
+            pipeline,
+            args.host,
+            args.experiment,
+            cron,
+            params,
+            name=args.name,
+            service_account=args.service_account,
+        )
+        print(f"created recurring run {job} ({cron!r}, max concurrency 1, no catch-up) on {args.host}")
+    elif args.host:
+        run_id = submit(pipeline, args.host, args.experiment, params, service_account=args.service_account)
+        print(f"submitted {pipeline.name} run {run_id} to {args.host} (experiment {args.experiment})")
+    else:
+        from pipelines import summary
+
+        return summary.run_and_report(pipeline, pipeline.name, args.root, params, local_arguments)
+    return int(ExitCode.OK)

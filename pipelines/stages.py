@@ -1,4 +1,5 @@
-"""Sub-pipelines shared by the two pipelines (not pipelines to run on their own):
+"""Parts shared by the two pipelines (not pipelines to run on their own): the lineage exit task, and two
+sub-pipelines:
 
 - ``upscale_shards``: pin the model, then upscale ``shards`` shards of the input prefix in parallel
   (``dsl.ParallelFor``); the body of ``batch_upscale.py`` and the last stage of ``train_eval.py``;
@@ -9,6 +10,7 @@
 
 from components.batch_upscale import batch_upscale, plan_batch
 from components.evaluate import evaluate
+from components.lineage import close_lineage
 from components.promote import promote
 from components.register import register
 from kfp import dsl
@@ -18,6 +20,20 @@ from pipelines import cluster
 
 TRAIN_EVAL = "difiisr-train-eval"
 BATCH_UPSCALE = "difiisr-batch-upscale"
+
+
+def lineage_exit_task(mlflow_experiment, pipeline_name: str):
+    """The exit task of a pipeline (``dsl.ExitHandler``): ends the run's MLflow parent run with its final state."""
+    return cluster.cpu_step(
+        close_lineage(
+            mlflow_experiment=mlflow_experiment,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            pipeline_name=pipeline_name,
+        ),
+        cpu="250m",
+        memory="512Mi",
+        retry=cluster.STORAGE_RETRY,
+    )
 
 
 @dsl.pipeline(name="difiisr-upscale-shards")

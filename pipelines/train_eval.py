@@ -28,7 +28,6 @@ if __package__ in (None, ""):  # run as a script or by `kfp dsl compile --py`: m
         sys.path.insert(0, _ROOT)
 
 from components import GPU_IMAGE  # noqa: E402
-from components.lineage import close_lineage  # noqa: E402
 from components.synthesize_degradations import synthesize_degradations  # noqa: E402
 from components.train import train  # noqa: E402
 from components.validate_data import validate_data  # noqa: E402
@@ -79,13 +78,7 @@ def train_eval(
     Then ``batch_input_uri`` is upscaled into ``batch_output_uri`` by the champion over ``batch_shards`` pods.
     """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    closer = cluster.cpu_step(
-        close_lineage(mlflow_experiment=mlflow_experiment, kfp_run_id=run_id, pipeline_name=PIPELINE_NAME),
-        cpu="250m",
-        memory="512Mi",
-        retry=cluster.STORAGE_RETRY,
-    )
-    with dsl.ExitHandler(closer, name="mlflow-lineage"):
+    with dsl.ExitHandler(stages.lineage_exit_task(mlflow_experiment, PIPELINE_NAME), name="mlflow-lineage"):
         data = cluster.cpu_step(
             version_data(
                 dataset_repo=dataset_repo,
@@ -196,24 +189,12 @@ def local_arguments(setup, overrides) -> dict:
 
 def main(argv=None) -> int:
     """Run locally (default), ``--compile FILE.yaml``, or ``--host URL`` (submit)."""
-    args = entry.build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
-
-    def run() -> int:
-        params = entry.parse_params(args.params, train_eval)
-        if args.compile:
-            print(f"wrote {entry.compile_package(train_eval, args.compile)}")
-            return 0
-        if args.host:
-            run_id = entry.submit(
-                train_eval, args.host, args.experiment, params, service_account=args.service_account
-            )
-            print(f"submitted {PIPELINE_NAME} run {run_id} to {args.host} (experiment {args.experiment})")
-            return 0
-        from pipelines import summary
-
-        return summary.run_and_report(train_eval, PIPELINE_NAME, args.root, params, local_arguments)
-
-    return entry.main_guard(run)
+    return entry.main(
+        argv,
+        pipeline=train_eval,
+        description=__doc__.split("\n\n")[0],
+        local_arguments=local_arguments,
+    )
 
 
 if __name__ == "__main__":

@@ -154,6 +154,22 @@ def test_pin_model_uri_and_work_orders(tracking: MlflowClient):
         release_steps.plan_batch(model_uri="x", shards=0, experiment="exp", kfp_run_id="k", pipeline="b")
 
 
+def _micro_train(tmp_path: Path, pairs: Path, parent: str, **where: object) -> model_steps.TrainedModel:
+    """Two steps of the tiny preset on ``pairs`` (global batch 4), placed by ``where`` (GPUs, nodes, run id, image)."""
+    return model_steps.train(
+        pairs_dir=pairs,
+        model_dir=tmp_path / "model",
+        work_root=tmp_path / "work",
+        config="train_tiny",
+        steps=2,
+        seed=0,
+        experiment="exp",
+        parent_run_id=parent,
+        overrides=["data.batch_size=4", "validation.n_images=1", "val_every=0", "log_every=1"],
+        **where,
+    )
+
+
 @pytest.mark.slow
 def test_train_step_with_two_cpu_ranks_under_accelerate_launch(
     tmp_path: Path, tracking: MlflowClient, monkeypatch: pytest.MonkeyPatch
@@ -162,20 +178,8 @@ def test_train_step_with_two_cpu_ranks_under_accelerate_launch(
     parent = lineage.pipeline_run("exp", "kfp-1", pipeline="p")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # two CPU ranks stand in for two GPUs
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    trained = model_steps.train(
-        pairs_dir=pairs,
-        model_dir=tmp_path / "model",
-        work_root=tmp_path / "work",
-        config="train_tiny",
-        steps=2,
-        num_gpus=2,
-        num_nodes=1,
-        seed=0,
-        experiment="exp",
-        parent_run_id=parent,
-        kfp_run_id="kfp/1",
-        image="unused",
-        overrides=["data.batch_size=4", "validation.n_images=1", "val_every=0", "log_every=1"],
+    trained = _micro_train(
+        tmp_path, pairs, parent, num_gpus=2, num_nodes=1, kfp_run_id="kfp/1", image="unused"
     )
     assert trained.processes == 2
     assert trained.work_dir == tmp_path / "work" / "kfp_1" / "train"
@@ -230,20 +234,14 @@ def test_multi_node_train_runs_a_trainjob_from_the_shared_work_folder(
     monkeypatch.setenv("POD_NAMESPACE", "difiisr-dev")
     pairs = _pairs(tmp_path)
     parent = lineage.pipeline_run("exp", "kfp-2", pipeline="p")
-    trained = model_steps.train(
-        pairs_dir=pairs,
-        model_dir=tmp_path / "model",
-        work_root=tmp_path / "work",
-        config="train_tiny",
-        steps=2,
+    trained = _micro_train(
+        tmp_path,
+        pairs,
+        parent,
         num_gpus=4,
         num_nodes=2,
-        seed=0,
-        experiment="exp",
-        parent_run_id=parent,
         kfp_run_id="3f6c0d2e-kfp",
         image="ghcr.io/difiisr/difiisr:0.1.0-cuda",
-        overrides=["data.batch_size=4", "validation.n_images=1", "val_every=0"],
     )
     (job,) = api.created
     assert job["metadata"] == {

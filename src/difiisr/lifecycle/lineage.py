@@ -82,20 +82,22 @@ def _experiment_id(client: Any, experiment: str) -> str:
         return str(found.experiment_id)
 
 
-def find_pipeline_run(experiment: str, kfp_run_id: str, *, client: Any | None = None) -> str | None:
-    """The parent run of KFP run ``kfp_run_id`` in ``experiment``, or None if no step has created it yet."""
-    c = _client(client)
-    found = c.get_experiment_by_name(experiment)
+def _first_run(client: Any, experiment: str, where: str, order: str) -> str | None:
+    """Id of the first run of ``experiment`` matching the MLflow filter ``where`` in ``order``; None if none."""
+    found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = c.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{LINEAGE_TAG_KFP_RUN_ID}` = {_quote(kfp_run_id)} "
-        f"and tags.`{LINEAGE_TAG_ROLE}` = {_quote(ROLE_PIPELINE)}",
-        order_by=["attributes.start_time ASC"],
-        max_results=1,
-    )
+    runs = client.search_runs([found.experiment_id], filter_string=where, order_by=[order], max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def find_pipeline_run(experiment: str, kfp_run_id: str, *, client: Any | None = None) -> str | None:
+    """The parent run of KFP run ``kfp_run_id`` in ``experiment``, or None if no step has created it yet."""
+    where = (
+        f"tags.`{LINEAGE_TAG_KFP_RUN_ID}` = {_quote(kfp_run_id)} "
+        f"and tags.`{LINEAGE_TAG_ROLE}` = {_quote(ROLE_PIPELINE)}"
+    )
+    return _first_run(_client(client), experiment, where, "attributes.start_time ASC")
 
 
 def pipeline_run(
@@ -260,15 +262,8 @@ def latest_pipeline_run(
     experiment: str, pipeline: str, *, since_ms: int = 0, client: Any | None = None
 ) -> str | None:
     """The newest parent run of ``pipeline`` in ``experiment`` started at or after ``since_ms`` (epoch ms)."""
-    c = _client(client)
-    found = c.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = c.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{LINEAGE_TAG_ROLE}` = {_quote(ROLE_PIPELINE)} "
-        f"and tags.`{LINEAGE_TAG_PIPELINE}` = {_quote(pipeline)} and attributes.start_time >= {int(since_ms)}",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+    where = (
+        f"tags.`{LINEAGE_TAG_ROLE}` = {_quote(ROLE_PIPELINE)} and tags.`{LINEAGE_TAG_PIPELINE}` = {_quote(pipeline)} "
+        f"and attributes.start_time >= {int(since_ms)}"
     )
-    return runs[0].info.run_id if runs else None
+    return _first_run(_client(client), experiment, where, "attributes.start_time DESC")
