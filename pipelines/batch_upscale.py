@@ -14,15 +14,19 @@ run upscales ``--root``'s ``batch/incoming`` with the champion of the local MLfl
 """
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script or by `kfp dsl compile --py`: make components/ importable
     _ROOT = str(Path(__file__).resolve().parents[1])
     if _ROOT not in sys.path:
         sys.path.insert(0, _ROOT)
 
+
 from kfp import dsl  # noqa: E402
 
+from difiisr.lifecycle.local import LocalSetup  # noqa: E402
 from pipelines import cluster, entry, stages  # noqa: E402
 
 PIPELINE_NAME = stages.BATCH_UPSCALE
@@ -64,7 +68,7 @@ def batch_upscale(
         )
 
 
-def local_arguments(setup, overrides) -> dict:
+def local_arguments(setup: LocalSetup, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The embedded defaults of a local run on ``setup`` (``difiisr.lifecycle.local``), then ``overrides``."""
     return {
         "input_uri": str(setup.batch_input),

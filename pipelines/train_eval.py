@@ -20,12 +20,15 @@ submits a Kubeflow TrainJob from a CPU pod, so no GPU idles while it waits. Both
 """
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script or by `kfp dsl compile --py`: make components/ importable
     _ROOT = str(Path(__file__).resolve().parents[1])
     if _ROOT not in sys.path:
         sys.path.insert(0, _ROOT)
+
 
 from components import GPU_IMAGE  # noqa: E402
 from components.synthesize_degradations import synthesize_degradations  # noqa: E402
@@ -34,6 +37,7 @@ from components.validate_data import validate_data  # noqa: E402
 from components.version_data import version_data  # noqa: E402
 from kfp import dsl  # noqa: E402
 
+from difiisr.lifecycle.local import LocalSetup  # noqa: E402
 from pipelines import cluster, entry, stages  # noqa: E402
 
 PIPELINE_NAME = stages.TRAIN_EVAL
@@ -170,7 +174,7 @@ def train_eval(
             )
 
 
-def local_arguments(setup, overrides) -> dict:
+def local_arguments(setup: LocalSetup, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The embedded defaults of a local run on ``setup`` (``difiisr.lifecycle.local``), then ``overrides``."""
     return {
         "dataset_repo": str(setup.data_repo),

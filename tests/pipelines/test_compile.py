@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from difiisr.container import image_ref
+from difiisr.lifecycle import model_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEYS = {
@@ -213,7 +214,7 @@ def test_train_eval_cluster_settings(train_eval_spec):
     (launcher_label,) = [label for label, a in trainers.items() if not a]
     # the TrainJob launcher creates the job in its own namespace (downward API), the GPU trainer needs none
     assert spec.platform[launcher_label]["fieldPathAsEnv"] == [
-        {"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"}
+        {"fieldPath": "metadata.namespace", "name": model_steps.NAMESPACE_ENV}
     ]
     assert "fieldPathAsEnv" not in spec.platform[gpu_label]
     assert spec.platform[gpu_label]["emptyDirMounts"] == [
@@ -313,3 +314,24 @@ def test_image_override_reaches_every_step(tmp_path: Path, leak_sentinels):
         for e in yaml.safe_load(out.read_text().split("\n---\n")[0])["deploymentSpec"]["executors"].values()
     }
     assert images == {image}
+
+
+def test_cluster_settings_name_what_infra_k8s_defines():
+    from pipelines import cluster
+
+    secret_keys = {
+        line.split("=", 1)[0]
+        for line in (ROOT / "infra/k8s/secrets.example.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert set(cluster.SECRET_ENV) <= secret_keys
+    kustomization = yaml.safe_load((ROOT / "infra/k8s/base/kustomization.yaml").read_text())
+    (config,) = [g for g in kustomization["configMapGenerator"] if g["name"] == cluster.CONFIG_MAP_NAME]
+    assert set(cluster.CONFIG_ENV) <= {item.split("=", 1)[0] for item in config["literals"]}
+    pvc = yaml.safe_load((ROOT / "infra/k8s/base/work-pvc.yaml").read_text())
+    assert pvc["metadata"]["name"] == cluster.WORK_PVC
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    runtime = (ROOT / "infra/k8s/base/training-runtime.yaml").read_text()
+    assert (
+        f"mountPath: {cluster.WORK_MOUNT}\n" in runtime
+    )  # TrainJob nodes see the work folder where the step does

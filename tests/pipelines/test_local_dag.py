@@ -168,6 +168,17 @@ def test_gate_rejects_and_the_promotion_branch_is_skipped(local: LocalSetup, rej
     (report,) = rejected.folder.glob("evaluate*/report")
     assert "<img" in report.read_text()
     assert steps["evaluate"].metrics["eval/n_images"] == MICRO.n_test
+    # what the local run prints at the end: where things are, and that nothing was upscaled
+    from pipelines import summary
+
+    lines = summary.describe(rejected.parent, local.tracking_uri, str(local.batch_output))
+    text = "\n".join(lines)
+    assert f"difiisr-x4 version {version} (models:/difiisr-x4/{version})" in text
+    assert "promotion:  REJECTED: no champion yet" in text
+    assert "upscaled:   nothing: the gate did not promote this model" in text
+    (report_line,) = [line for line in lines if line.strip().startswith("report:")]
+    assert Path(report_line.split("report:", 1)[1].strip()).is_file()
+    assert f"mlflow ui --backend-store-uri {local.tracking_uri}" in text
 
 
 def test_the_data_of_a_model_version_can_be_fetched_back(

@@ -137,22 +137,25 @@ def version_data(
 ) -> VersionedData:
     """Materialise the HR dataset ``path`` at git ``rev`` of ``repo`` into ``dest`` and start the pipeline's lineage.
 
-    ``repo``/``rev`` empty: the working tree (see ``difiisr.data.versioning.materialize``); ``remote`` empty: the
-    repository's default DVC remote. The MLflow parent run of this pipeline run is created here and tagged with
+    ``repo`` empty: the current directory; ``rev`` empty: its working tree (``difiisr.data.versioning.materialize``);
+    ``remote`` empty: the repository's default DVC remote. The MLflow parent run of this pipeline run is created here and tagged with
     the data's DVC identity (md5, repo, path, rev), which every later child run inherits.
     """
     from difiisr.data.versioning import materialize
 
     parent = pipeline_run(experiment, kfp_run_id, pipeline=pipeline)
+    target = Path(dest)
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()  # an output folder the orchestrator made empty: materialise writes it whole, atomically
     with step_run(parent, "version_data") as run:
-        version = materialize(repo, path, rev, dest, remote=remote or None)
+        version = materialize(repo or ".", path, rev or None, target, remote=remote or None)
         require_splits(dest, f"dataset {path!r} at rev {rev or 'working tree'!r} of {repo or '.'!r}:")
         data = VersionedData(
             parent_run_id=parent,
             folder=Path(dest),
             repo=repo,
             path=str(version.path),
-            rev=str(version.rev),
+            rev=str(version.rev or ""),
             md5=str(version.md5),
             n_files=int(version.n_files),
             n_bytes=int(version.n_bytes),
