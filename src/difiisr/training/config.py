@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from difiisr.config import ConfigError, load_config, preset_path, to_mapping
+from difiisr.inference.settings import InferenceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +126,16 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         if self.n_images < 1:
             raise ConfigError(f"validation.n_images={self.n_images}: must be >= 1", key="validation.n_images")
+        self.settings()  # a sampler/steps combination inference would refuse is refused here, at load time
+
+    def settings(self) -> InferenceSettings:
+        """The ``InferenceSettings`` validation samples with (the shared defaults for everything not set here)."""
+        from difiisr.inference.settings import SettingsError
+
+        try:
+            return InferenceSettings(sampler=self.sampler, steps=self.steps, seed=self.seed)
+        except SettingsError as exc:
+            raise ConfigError(f"validation: {exc}", key="validation.steps") from None
 
 
 @dataclasses.dataclass(frozen=True)
