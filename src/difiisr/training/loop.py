@@ -107,7 +107,7 @@ def compute_losses(
     (window mean in ``metrics.jsonl`` and MLflow), e.g. a guidance loss added to ``"loss"`` with its weight.
     """
     out = diffusion.training_losses(unet, z0, zy, t, lq=lq, noise=noise)
-    return {"loss": out["loss"].mean()}
+    return {names.METRIC_LOSS: out["loss"].mean()}
 
 
 def _reset_accelerate_state() -> None:
@@ -319,7 +319,7 @@ class _TrainingRun:
             t, noise = _sample_noise(cfg.seed, micro["position"], shape, nets.diffusion.num_timesteps)
             device = accelerator.device
             terms = compute_losses(nets.diffusion, nets.unet, z0, zy, lq, t.to(device), noise.to(device))
-            accelerator.backward(terms["loss"])
+            accelerator.backward(terms[names.METRIC_LOSS])
             for name, value in terms.items():
                 total = value.detach().float()
                 self._terms[name] = self._terms[name] + total if name in self._terms else total
@@ -354,10 +354,10 @@ class _TrainingRun:
     # ------------------------------------------------------------------------------------------------ side work
     def _log(self, lr_used: float, progress: tqdm) -> None:
         """Write the metrics record of the window ending at this step (main process) and show it."""
-        extra = {"lr": lr_used, "grad_norm": float(self._grad_norm)}
+        extra = {names.METRIC_LR: lr_used, names.METRIC_GRAD_NORM: float(self._grad_norm)}
         device = self.accelerator.device
         if device.type == "cuda":
-            extra["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            extra[names.METRIC_PEAK_MEM_GIB] = torch.cuda.max_memory_allocated(device) / 2**30
         record = self.metrics.write(self.state.step, extra)
         if self.geometry.main:
             progress.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}")

@@ -21,6 +21,7 @@ from difiisr.evaluation.metrics import psnr_y
 from difiisr.inference.settings import InferenceSettings
 from difiisr.io import image_to_tensor, read_image, tensor_to_image, write_image
 from difiisr.models.preset import ModelPreset
+from difiisr.registry import names
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,9 @@ class ValidationResult:
     def metrics(self) -> dict[str, float]:
         """``{"val_psnr_y", "val_psnr_y_bicubic", "val_psnr_y_gain"}`` in dB, for MLflow."""
         return {
-            "val_psnr_y": self.psnr_y,
-            "val_psnr_y_bicubic": self.psnr_y_bicubic,
-            "val_psnr_y_gain": self.gain_db,
+            names.METRIC_VAL_PSNR_Y: self.psnr_y,
+            names.METRIC_VAL_PSNR_Y_BICUBIC: self.psnr_y_bicubic,
+            names.METRIC_VAL_PSNR_Y_GAIN: self.gain_db,
         }
 
 
