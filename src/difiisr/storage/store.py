@@ -2,8 +2,8 @@
 
 ``open_store(location)`` gives a ``LocalStore`` or an ``S3Store``. Both
 
-- list keys (relative POSIX paths) recursively and lazily (``list_keys``): a local folder walk sorted per folder, an
-  S3 listing page by page, so memory does not grow with the number of objects; hidden names (starting with
+- list keys (relative POSIX paths) recursively, lazily and in the same order (``list_keys``): a local folder
+  walk, an S3 listing page by page, so memory does not grow with the number of objects; hidden names (starting with
   '.', which includes interrupted atomic-write temp files) are skipped;
 - ``fetch(key)``: a context manager giving a local file to read (the file itself, or a download into a spool
   folder that is removed afterwards);
@@ -111,27 +111,24 @@ class LocalStore:
             raise LocationError(f"{self.root}: no such folder; pass an existing folder or s3://BUCKET/PREFIX")
 
     def list_keys(self) -> Iterator[str]:
-        """Files below the folder, depth first, names sorted in each folder; hidden files and folders skipped.
+        """Files below the folder in the order S3 lists the same keys (code-point order of the whole key);
+        hidden files and folders skipped, symlinked folders not followed. One folder's entries per level of depth
+        are held at a time (to sort them)."""
+        yield from self._walk(self.root, "")
 
-        One folder's entries are held at a time (to sort them); symlinked folders are not followed.
-        """
-        stack: list[tuple[Path, str]] = [(self.root, "")]
-        while stack:
-            folder, rel = stack.pop()
-            try:
-                with os.scandir(folder) as listing:
-                    entries = sorted(listing, key=lambda e: e.name)
-            except FileNotFoundError:
+    def _walk(self, folder: Path, rel: str) -> Iterator[str]:
+        try:
+            with os.scandir(folder) as listing:
+                entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in listing]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name, entry in sorted(entries, key=lambda pair: pair[0]):
+            if _hidden(entry.name):
                 continue
-            subfolders = []
-            for entry in entries:
-                if _hidden(entry.name):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    subfolders.append((Path(entry.path), f"{rel}{entry.name}/"))
-                elif entry.is_file():
-                    yield f"{rel}{entry.name}"
-            stack.extend(reversed(subfolders))
+            if name.endswith("/"):
+                yield from self._walk(Path(entry.path), rel + name)
+            elif entry.is_file():
+                yield rel + name
 
     def local_path(self, key: str) -> Path:
         """``root/key`` (the key is checked to stay below the root)."""
