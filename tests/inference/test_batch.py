@@ -49,7 +49,9 @@ class Registered:
     tracking_uri: str
 
     def set_alias(self, alias: str, version: int) -> None:
-        MlflowClient(tracking_uri=self.tracking_uri).set_registered_model_alias(self.name, alias, str(version))
+        MlflowClient(tracking_uri=self.tracking_uri).set_registered_model_alias(
+            self.name, alias, str(version)
+        )
 
 
 @pytest.fixture(scope="module")

@@ -218,7 +218,9 @@ class _Pipeline:
         if self.on_result is not None:
             self.on_result(result)
         self.bar.update(1)
-        self.bar.set_postfix(done=self.counts.done, skipped=self.counts.skipped, failed=self.counts.failed)
+        self.bar.set_postfix(
+            done=self.counts.done, skipped=self.counts.skipped, failed=self.counts.failed, refresh=False
+        )
 
     def _result(
         self, item: BatchItem, status: Any, reason: str, started: float, **seconds: float
