@@ -310,6 +310,7 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_one_complete_output_each(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    time.sleep(1.0)  # a PUT whose bytes all reached the server before the kill may still be completing there
     before = outputs()
     assert 2 <= len(before) < n, "the kill must land mid-run"
 
@@ -452,3 +453,23 @@ def test_shards_cover_every_input_exactly_once(
     assert sorted(_images(_objects(client, bucket, "out/"))) == all_keys
     whole = run_batch(base)
     assert (whole.done, whole.skipped) == (0, 14)
+
+
+def test_two_inputs_with_one_output_name_do_not_overwrite_each_other(
+    registered: Registered, tmp_path: Path
+) -> None:
+    """``a.jpg`` and ``a.png`` both map to ``a.png``: the first listed makes it, the other fails with a reason, on
+    every run (local folders and a model folder: no service involved)."""
+    rng = np.random.default_rng(4)
+    write_image(tmp_path / "in" / "a.jpg", _grey(rng, (8, 8)))
+    write_image(tmp_path / "in" / "a.png", _grey(rng, (8, 8)))
+    job = BatchJob(str(registered.folders[0]), str(tmp_path / "in"), str(tmp_path / "out"), device="cpu",
+                   progress=False)  # fmt: skip
+    for run in range(2):
+        summary = run_batch(job)
+        assert (summary.done + summary.skipped, summary.failed) == (1, 1), run
+        assert summary.exit_code == ExitCode.FAILURES
+        lines = [json.loads(x) for x in Path(summary.report_uri).read_text().splitlines()]
+        (failed,) = [x for x in lines if x["status"] == "failed"]
+        assert failed["key"] == "a.png" and "a.jpg is also written to" in failed["reason"]
+        assert read_text_record(tmp_path / "out" / "a.png")["source"] == "a.jpg"
