@@ -113,7 +113,7 @@ def bench_device(
     make_inputs(root / f"in-{device}", opts.n, size)
     upload_tree(client, root / f"in-{device}", f"in-{device}/")
     model = make_model(root / f"model-{preset}", preset)
-    batch = opts.batch or (8 if device == "cuda" else 1)
+    batch = opts.batch or (8 if device == "cuda" else 4)
     common = ["--model", str(model), "--device", device, "--batch", str(batch), "--no-progress"]
     if opts.tile:
         common += ["--tile", str(opts.tile)]
@@ -176,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--n", type=int, default=200, help="synthetic inputs (default 200)")
     parser.add_argument(
-        "--size", type=int, default=0, help="LR side in pixels (default 64 on CPU, 256 on CUDA)"
+        "--size", type=int, default=0, help="LR side in pixels (default 32 on CPU, 256 on CUDA)"
     )
-    parser.add_argument("--batch", type=int, default=4, help="--batch of the job (default 4)")
+    parser.add_argument(
+        "--batch", type=int, default=0, help="--batch of the job (default 4 on CPU, 8 on CUDA)"
+    )
     parser.add_argument(
         "--tile", type=int, default=0, help="--tile of the job (default: the settings' default)"
     )

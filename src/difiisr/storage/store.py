@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -274,7 +273,6 @@ class S3Store:
         with self._lock:
             spool, self._spool = self._spool, None
         if spool is not None:
-            shutil.rmtree(spool.name, ignore_errors=True)
             spool.cleanup()
 
 
