@@ -9,8 +9,10 @@ PYTEST_ARGS ?=
 DEMO_DIR ?= outputs/demo
 STACK ?= 0
 VARIANT ?= cuda
+MODEL ?= models:/difiisr-x4@champion
+SERVE_ARGS ?=
 
-.PHONY: install test lint demo bench clean stack-up stack-down stack-status image compile
+.PHONY: install test lint demo bench clean stack-up stack-down stack-status serve image compile
 
 install: $(STAMP)
 
@@ -33,8 +35,8 @@ lint: $(STAMP)
 DEMO_ARGS ?=
 demo: $(STAMP)
 ifeq ($(STACK),1)
-	$(PY) infra/local/stack.py up
-	eval "$$($(PY) infra/local/stack.py env)" && $(PY) pipelines/train_eval.py --root $(DEMO_DIR) $(DEMO_ARGS)
+	$(PY) -m difiisr.stack up
+	eval "$$($(PY) -m difiisr.stack env)" && $(PY) pipelines/train_eval.py --root $(DEMO_DIR) $(DEMO_ARGS)
 else
 	$(PY) pipelines/train_eval.py --root $(DEMO_DIR) $(DEMO_ARGS)
 endif
@@ -44,13 +46,18 @@ bench: $(STAMP)
 	$(PY) benchmarks/inference.py
 
 stack-up: $(STAMP)
-	$(PY) infra/local/stack.py up
+	$(PY) -m difiisr.stack up
 
 stack-down: $(STAMP)
-	$(PY) infra/local/stack.py down
+	$(PY) -m difiisr.stack down
 
 stack-status: $(STAMP)
-	$(PY) infra/local/stack.py status
+	$(PY) -m difiisr.stack status
+
+# REST endpoint of a registered model on 127.0.0.1:5001 (MLFLOW_TRACKING_URI must point at the registry);
+# e.g. make serve MODEL=models:/difiisr-x4@champion SERVE_ARGS="--device cuda --port 5002"
+serve: $(STAMP)
+	$(VENV)/bin/difiisr serve $(MODEL) $(SERVE_ARGS)
 
 image:
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker daemon here; build on a machine with one"; exit 1; }

@@ -87,6 +87,7 @@ def cpu_child(preset: str, height: int, width: int, sampler: str, tile: int, ove
     """Run in a fresh process: build the model, upscale one image, print one JSON line with time and peak RSS."""
     import torch
 
+    from difiisr.inference.settings import InferenceSettings
     from difiisr.inference.upscaler import Upscaler
 
     t0 = time.perf_counter()
@@ -95,7 +96,9 @@ def cpu_child(preset: str, height: int, width: int, sampler: str, tile: int, ove
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     y = test_image(1, height, width)
     t0 = time.perf_counter()
-    out = ups.upscale_tensor(y, sampler=sampler, seed=0, tile=tile or None, tile_overlap=overlap, batch=1)
+    out = ups.upscale_tensor(
+        y, InferenceSettings(sampler=sampler, seed=0, tile=tile or None, tile_overlap=overlap, batch=1)
+    )
     run_s = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     print(
@@ -128,18 +131,21 @@ def run_cuda(
     """Images/s and peak allocated GPU memory per batch size (bf16 autocast), after one warm-up call each."""
     import torch
 
+    from difiisr.inference.settings import InferenceSettings
     from difiisr.inference.upscaler import Upscaler
 
     ups = Upscaler.from_random(preset, seed=0, device="cuda")
     results = []
     for batch in batches:
         y = test_image(batch, height, width).cuda()
-        ups.upscale_tensor(y, sampler=sampler, seed=0, tile=None, batch=batch)  # warm-up (kernels, allocator)
+        ups.upscale_tensor(
+            y, InferenceSettings(sampler=sampler, seed=0, tile=None, batch=batch)
+        )  # warm-up (kernels, allocator)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         for r in range(repeats):
-            ups.upscale_tensor(y, sampler=sampler, seed=r, tile=None, batch=batch)
+            ups.upscale_tensor(y, InferenceSettings(sampler=sampler, seed=r, tile=None, batch=batch))
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
         results.append(

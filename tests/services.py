@@ -1,9 +1,10 @@
 """Real local services for tests: SeaweedFS S3 and an MLflow tracking server on 127.0.0.1, free ports.
 
-A pytest plugin (tests/conftest.py: ``pytest_plugins = ["services"]``). The servers are the classes of
-``infra/local/stack.py``, the same code as ``make stack-up``; each starts once per session on first use,
-under a temporary root, and is stopped at the end of the session by its PID file (process group), so no
-process is left behind. A start that fails raises ``stack.StackError`` with the server's log tail.
+A pytest plugin (tests/conftest.py: ``pytest_plugins = ["services"]``; ``tests/`` is on the import path
+through the ``pythonpath`` option in pyproject.toml). The servers are the classes of the ``difiisr.stack``
+package, the same code as ``make stack-up``; each starts once per session on first use, under a temporary
+root, and is stopped at the end of the session by its PID file (process group), so no process is left
+behind. A start that fails raises ``difiisr.stack.StackError`` with the server's log tail.
 
 Fixtures:
 - ``seaweedfs`` (session): ``endpoint_url``, ``access_key``, ``secret_key``, ``region``, ``client()`` (boto3
@@ -12,21 +13,18 @@ Fixtures:
   proxied to ``s3://difiisr-mlflow/mlartifacts`` on the ``seaweedfs`` server.
 - ``mlflow_env`` (function): sets ``MLFLOW_TRACKING_URI`` (and clears variables that would redirect the
   client) with monkeypatch; yields the ``mlflow_server`` object; ends a run a test left open.
+- ``s3_env`` (function): sets ``AWS_ENDPOINT_URL`` and the credentials of ``seaweedfs`` with monkeypatch (what
+  ``difiisr.storage`` reads); yields the ``seaweedfs`` object.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-_INFRA_LOCAL = Path(__file__).resolve().parents[1] / "infra" / "local"
-if str(_INFRA_LOCAL) not in sys.path:  # conftest.py adds it too; this keeps `-p services` usable alone
-    sys.path.insert(0, str(_INFRA_LOCAL))
-
-from stack import ARTIFACT_BUCKET, Credentials, MLflowServer, SeaweedFS  # noqa: E402
+from difiisr.stack import ARTIFACT_BUCKET, Credentials, MLflowServer, SeaweedFS
 
 # Variables that would point an MLflow client elsewhere than the test server.
 _MLFLOW_CLIENT_VARS = (
@@ -74,3 +72,13 @@ def mlflow_env(mlflow_server: MLflowServer, monkeypatch: pytest.MonkeyPatch) -> 
 
         if mlflow.active_run() is not None:
             mlflow.end_run()
+
+
+@pytest.fixture
+def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> Iterator[SeaweedFS]:
+    """Point S3 clients built from the ``AWS_*`` environment at ``seaweedfs`` (env restored afterwards)."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for name, value in seaweedfs.client_env().items():
+        monkeypatch.setenv(name, value)
+    yield seaweedfs

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from difiisr import __version__
+from difiisr.errors import DifiisrError
 
 Variant = Literal["cuda", "cpu"]
 
@@ -30,7 +31,7 @@ IMAGE_ENV = "DIFIISR_IMAGE"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
-class ImageRefError(ValueError):
+class ImageRefError(DifiisrError, ValueError):
     """An image variant, registry or override that cannot form a valid image reference."""
 
 

@@ -106,13 +106,17 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_validate_data_exit_codes_and_reports(
-    synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     capsys.readouterr()
+    # default reports: reports/validate-data/<DIR path> under the current directory
+    monkeypatch.chdir(tmp_path)
     assert main(["validate-data", str(synth_dir), "--min-side", "40", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"PASS: all 7 rules hold for 3 image(s) in {synth_dir}")
-    assert json.loads((synth_dir / "_validation" / "report.json").read_text())["success"] is True
+    default = tmp_path / "reports" / "validate-data" / synth_dir.resolve().relative_to("/")
+    assert json.loads((default / "report.json").read_text())["success"] is True
+    assert not (synth_dir / "_validation").exists()
 
     # default --min-side 256 (the training crop): 48x40 frames fail and are named
     report_dir = tmp_path / "reports"
@@ -130,7 +134,10 @@ def test_validate_data_exit_codes_and_reports(
     assert json.loads((report_dir / "report.json").read_text())["failures"][0]["rule"] == "min_side"
 
 
-def test_validate_data_pairs(synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_data_pairs(
+    synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # default reports go under the current directory
     pairs = tmp_path / "pairs"
     for path in sorted(synth_dir.glob("*.png")):
         hr = read_image(path).pixels

@@ -13,6 +13,7 @@ from difiisr.config import (
     apply_overrides,
     flatten,
     from_mapping,
+    load_config,
     load_yaml,
     preset_path,
     to_mapping,
@@ -94,3 +95,69 @@ def test_yaml_files_and_presets(tmp_path):
     assert preset_path("x4").name == "x4.yaml"
     with pytest.raises(ConfigError, match=r"unknown preset 'x5'; shipped presets: .*tiny.*x4"):
         preset_path("x5")
+
+
+def test_config_error_is_a_difiisr_usage_error_and_a_value_error():
+    from difiisr.errors import DifiisrError, ExitCode
+
+    exc = ConfigError("x")
+    assert isinstance(exc, DifiisrError) and isinstance(exc, ValueError)
+    assert exc.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n", "---\n"])
+def test_an_empty_yaml_file_is_an_error_not_the_defaults(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{path}: the config file is empty \(no keys"):
+        load_yaml(path)
+
+
+def test_a_duplicated_key_names_the_file_the_dotted_key_and_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: x\ninner:\n  lr: 1\n  betas: [0.5, 0.6]\n  lr: 2\n")
+    with pytest.raises(
+        ConfigError, match=rf"{path}: line 5: key 'inner.lr' is given twice \(first on line 3\)"
+    ):
+        load_yaml(path)
+    top = tmp_path / "top.yaml"
+    top.write_text("steps: 1\nname: x\nsteps: 2\n")
+    with pytest.raises(ConfigError, match=r"line 3: key 'steps' is given twice \(first on line 1\)") as info:
+        load_yaml(top)
+    assert info.value.key == "steps"
+
+
+def test_keys_that_differ_in_type_and_merge_keys_are_not_duplicates(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text('1: a\n"1": b\nbase: &b {lr: 1}\ninner:\n  <<: *b\n  lr: 2\n')
+    assert load_yaml(path) == {1: "a", "1": "b", "base": {"lr": 1}, "inner": {"lr": 2}}
+
+
+def test_load_config_blames_the_override_or_the_file_separately(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ninner:\n  lr: 0.5\n")
+    assert load_config(Outer, path, ["inner.lr=2"]).inner.lr == 2.0
+    # a bad value from --set: the override is named, then the file it was applied to, then the key
+    with pytest.raises(ConfigError) as info:
+        load_config(Outer, path, ["steps=3", "inner.lr=fast"])
+    assert (
+        str(info.value) == f"--set inner.lr=fast (applied to {path}): inner.lr: expected a number, got 'fast'"
+    )
+    assert f"{path}.inner" not in str(info.value)
+    # the same bad value in the file: the file is named, the key after it
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ninner:\n  lr: fast\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Outer, bad, ["steps=3"])
+    assert str(info.value) == f"{bad}: inner.lr: expected a number, got 'fast'"
+    # an unknown key set by an override, and a whole section replaced by one
+    with pytest.raises(
+        ConfigError, match=rf"^--set inner.lrr=1 \(applied to {path}\): inner: unknown key\(s\) lrr"
+    ):
+        load_config(Outer, path, ["inner.lrr=1"])
+    with pytest.raises(ConfigError, match=r"^--set inner=3 .*inner: expected a mapping for Inner"):
+        load_config(Outer, path, ["inner=3"])
+    # no file: defaults plus overrides
+    assert load_config(Outer, None, ["name=y"]).name == "y"
+    with pytest.raises(ConfigError, match=r"^--set steps=x: steps: expected an integer"):
+        load_config(Outer, None, ["name=y", "steps=x"])

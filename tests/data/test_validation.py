@@ -166,11 +166,15 @@ def test_report_folder_is_not_scanned(images: Path) -> None:
     assert validate_images(images, CFG).success
 
 
-def test_reports_are_written_with_the_failing_files(images: Path) -> None:
+def test_reports_are_written_with_the_failing_files(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bad = _corrupt_file(images)
     result = validate_images(images, CFG)
+    monkeypatch.chdir(tmp_path)  # `images` is tmp_path/images
     written = write_reports(result)
-    out = images / "_validation"
+    out = Path("reports") / "validate-data" / "images"  # default: reports/validate-data/<DIR from cwd>
+    assert not (images / "_validation").exists()
     assert written == [out / "report.json", out / "report.md", out / "report.html"]
     assert sorted(p.name for p in out.iterdir()) == [
         "report.html",

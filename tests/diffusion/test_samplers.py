@@ -276,3 +276,43 @@ def test_cpu_generator_gives_the_same_sample_on_cuda(name: str) -> None:
     a = SAMPLERS[name](model, d, zy.cuda(), lq.cuda(), generator=on_device.manual_seed(4))
     b = SAMPLERS[name](model, d, zy.cuda(), lq.cuda(), generator=on_device.manual_seed(4))
     assert torch.equal(a, b)
+
+
+def test_ancestral_with_pre_drawn_step_noise_equals_drawing_from_the_generator() -> None:
+    """``step_noise`` (one draw per step t = T-1..1, made up front) gives exactly what the generator would draw."""
+    diffusion = make(steps=6)
+    _, zy = images(3, dtype=torch.float32)
+    model = lambda x, t, lq: x * 0.5  # noqa: E731 - any deterministic network
+    drawn = sample_ancestral(model, diffusion, zy, None, generator=torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(11)
+    prior = torch.randn(zy.shape, generator=g)
+    steps = torch.stack([torch.randn(zy.shape, generator=g) for _ in range(diffusion.num_timesteps - 1)])
+    pre = sample_ancestral(model, diffusion, zy, None, noise=prior, step_noise=steps)
+    assert torch.equal(drawn, pre)
+    with pytest.raises(
+        ValueError, match=r"step_noise has shape \(4, 2, 3, 8, 8\); expected \(5, 2, 3, 8, 8\)"
+    ):
+        sample_ancestral(model, diffusion, zy, None, noise=prior, step_noise=steps[:4])
+
+
+def test_the_sampler_table_calls_each_sampler_with_pre_drawn_noise() -> None:
+    from difiisr.diffusion import SAMPLERS as TABLE
+
+    diffusion = make(steps=5)
+    _, zy = images(4, dtype=torch.float32)
+    model = lambda x, t, lq: torch.tanh(x)  # noqa: E731
+    g = torch.Generator().manual_seed(2)
+    for name, fn in SAMPLERS.items():
+        sampler = TABLE[name]
+        draws = sampler.noise_draws(diffusion.num_timesteps)
+        assert draws == (5 if name == "ancestral" else 1)
+        noise = torch.randn((draws, *zy.shape), generator=g)
+        got = sampler(model, diffusion, zy, None, noise)
+        kwargs = {"noise": noise[0]}
+        if name == "ancestral":
+            kwargs["step_noise"] = noise[1:]
+        assert torch.equal(got, fn(model, diffusion, zy, None, **kwargs)), name
+        with pytest.raises(ValueError, match=f"{name}: noise has shape"):
+            sampler(model, diffusion, zy, None, torch.cat([noise, noise[:1]]))  # one draw too many
+    with pytest.raises(ValueError, match="guidance needs ddim or ancestral"):
+        TABLE["onestep"](model, diffusion, zy, None, torch.zeros((1, *zy.shape)), guidance=lambda z, t, x: z)

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 from difiisr.cli.main import main
+from difiisr.data.pairs import PairsError, dataset_md5, list_pairs
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.evaluate import EvaluationError, evaluate_pairs, image_metrics, log_to_mlflow
 from difiisr.evaluation.metrics import psnr_y, ssim_y
-from difiisr.evaluation.pairs import PairsError, dataset_md5, list_pairs
+from difiisr.inference.settings import InferenceSettings
 from difiisr.io import read_image
 
 LR_H, LR_W = 24, 48  # HR 96x192: two 96x96 NIQE blocks, still tiny
@@ -187,9 +188,12 @@ def test_dataset_md5_is_stable_and_tracks_names_and_bytes(pairs: Path, tmp_path:
     copy = tmp_path / "copy"
     shutil.copytree(pairs, copy)
     assert dataset_md5(copy) == md5  # location-independent
-    (copy / "notes.txt").write_text("not part of the set")
+    (copy / "notes.txt").write_text("part of the set for DVC")
     (copy / "manifest.jsonl").write_text("{}\n")
-    assert dataset_md5(copy) == md5  # only hr/ and lr/ images count
+    assert dataset_md5(copy) != md5  # the DVC identity: every file DVC would track counts
+    (copy / "notes.txt").unlink()
+    (copy / "manifest.jsonl").unlink()
+    assert dataset_md5(copy) == md5
 
     data = bytearray((copy / "hr" / "frame_02.png").read_bytes())
     data[-20] ^= 0x01
@@ -301,7 +305,7 @@ def test_cli_on_a_saved_mlflow_pyfunc_model(
     lr = read_image(pairs / "lr" / "frame_01.png").pixels
     np.testing.assert_array_equal(read_image(tmp_path / "o" / "sr" / "frame_01.png").pixels, nearest_x4(lr))
     doc = json.loads((tmp_path / "o" / "aggregate.json").read_text())
-    assert doc["meta"]["model_kind"] == "pyfunc" and doc["meta"]["sampler"] == "onestep"
+    assert doc["meta"]["model_kind"] == "pyfunc" and doc["meta"]["settings"]["sampler"] == "onestep"
 
 
 def test_cli_on_a_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -329,7 +333,9 @@ def test_cli_on_a_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "evaluated model on 1 pairs" in capsys.readouterr().out
     # The saved SR equals the Upscaler's output for the same input and seed.
     lr = read_image(pairs / "lr" / "frame_00.png").pixels
-    expected = Upscaler.from_folder(folder, device="cpu").upscale_array(lr, sampler="onestep", seed=5)
+    expected = Upscaler.from_folder(folder, device="cpu").upscale_array(
+        lr, InferenceSettings(sampler="onestep", seed=5)
+    )
     np.testing.assert_array_equal(read_image(tmp_path / "o" / "sr" / "frame_00.png").pixels, expected)
 
 
@@ -382,7 +388,7 @@ def test_cli_on_mlflow_uris_logs_to_the_right_run(
 def test_pyfunc_adapter_converts_grey_and_rgb_to_the_signature(tmp_path: Path) -> None:
     import mlflow.pyfunc
 
-    from difiisr.evaluation.model_source import InferenceSettings, ModelSourceError, pyfunc_upscale_fn
+    from difiisr.evaluation.model_source import ModelSourceError, pyfunc_upscale_fn
 
     grey = (np.arange(12 * 10) % 251).astype(np.uint8).reshape(12, 10)
     rgb = np.stack([grey, grey, grey], axis=2)
@@ -400,4 +406,7 @@ def test_pyfunc_adapter_converts_grey_and_rgb_to_the_signature(tmp_path: Path) -
         np.testing.assert_array_equal(fn(rgb), nearest_x4(rgb))  # RGB in -> RGB out
     with pytest.raises(ModelSourceError, match="takes uint8 images, got uint16"):
         grey_model(grey.astype(np.uint16))
-    assert settings.pyfunc_params() == {"sampler": "onestep", "steps": 0, "seed": 4, "tile": 0}
+    assert settings.to_params() == {
+        "sampler": "onestep", "steps": 0, "seed": 4, "tile": 256, "tile_overlap": 32, "batch": 1,
+        "precision": "auto",
+    }  # fmt: skip

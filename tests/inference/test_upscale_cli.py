@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from difiisr.cli.main import main
+from difiisr.inference.settings import InferenceSettings
 from difiisr.inference.upscaler import Upscaler
 from difiisr.io import read_image, write_image
 from difiisr.models.bundle import save_model_folder
@@ -77,10 +78,15 @@ def test_model_folder_run_writes_every_output_then_skips_them(
     ]:
         got = read_image(out / name)
         assert got.pixels.shape == shape and got.pixels.dtype == dtype, name
-        expected = ups.upscale_array(read_image(src).pixels, seed=5, tile=16, tile_overlap=4, batch=2)
+        expected = ups.upscale_array(
+            read_image(src).pixels, InferenceSettings(seed=5, tile=16, tile_overlap=4, batch=2)
+        )
         assert np.array_equal(got.pixels, expected), name
     text = Image.open(out / "grey8.png").text
-    assert text["seed"] == "5" and text["sampler"] == "onestep" and text["preset"] == "tiny"
+    assert (
+        text["inference.seed"] == "5" and text["inference.sampler"] == "onestep" and text["preset"] == "tiny"
+    )
+    assert text["model.digest"] == Upscaler.from_folder(model_dir, device="cpu").digest
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(argv + TILE_ARGS) == 0
@@ -93,9 +99,11 @@ def test_overwrite_redoes_existing_outputs(
 ) -> None:
     _, single = inputs
     out = tmp_path / "out"
-    write_image(out / "single.png", np.zeros((2, 2), np.uint8))  # a stale output
+    write_image(out / "single.png", np.zeros((2, 2), np.uint8))  # a stale output (no difiisr record)
     base = ["upscale", str(single), "--out", str(out), "--model-dir", str(model_dir), *TILE_ARGS]
-    assert main(base) == 0
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "1 existing output(s) were made differently" in err and "Pass --overwrite" in err
     assert read_image(out / "single.png").pixels.shape == (2, 2)
     assert main([*base, "--overwrite"]) == 0
     assert read_image(out / "single.png").pixels.shape == (32, 160)
@@ -142,11 +150,11 @@ def test_weights_must_be_chosen_explicitly(inputs: tuple[Path, Path], tmp_path: 
     out = tmp_path / "out"
     assert main(["upscale", str(single), "--out", str(out), "--preset", "tiny"]) == 2
     err = capsys.readouterr().err
-    assert "no model weights given" in err and "--random-init" in err and "--model-dir" in err
+    assert "no model weights given" in err and "--random-init" in err and "--model DIR|URI" in err
     assert (
         main(["upscale", str(single), "--out", str(out), "--model-dir", str(tmp_path), "--random-init"]) == 2
     )
-    assert "--model-dir and --random-init both choose the weights" in capsys.readouterr().err
+    assert "--model and --random-init both choose the weights" in capsys.readouterr().err
     assert main(["upscale", str(single), "--out", str(out), "--model-dir", str(tmp_path)]) == 2
     assert "neither a model folder" in capsys.readouterr().err
     assert not out.exists()

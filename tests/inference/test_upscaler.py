@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from difiisr.diffusion import sample_ancestral, sample_onestep
+from difiisr.inference.settings import InferenceSettings, SettingsError
 from difiisr.inference.tiling import plan_tiles, reflect_pad
 from difiisr.inference.upscaler import UpscaleError, Upscaler, resolve_device, resolve_dtype
 from difiisr.io import image_to_tensor, tensor_to_image
@@ -39,29 +40,30 @@ def test_geometry_of_the_tiny_preset(upscaler: Upscaler) -> None:
     assert upscaler.net_scale == 4  # pixel space: the network runs at HR size
     assert upscaler.unet.size_multiple == 64
     assert upscaler.lr_multiple == 16
-    assert upscaler.dtype == torch.float32 and upscaler.device == torch.device("cpu")
+    assert resolve_dtype(upscaler.device, InferenceSettings().precision) == torch.float32
+    assert upscaler.device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("sampler", ["onestep", "ddim", "ancestral"])
 def test_every_sampler_gives_x4_in_range(upscaler: Upscaler, sampler: str) -> None:
     y = torch.rand(1, 3, 16, 12, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    out = upscaler.upscale_tensor(y, sampler=sampler, seed=3)
+    out = upscaler.upscale_tensor(y, InferenceSettings(sampler=sampler, seed=3))
     assert out.shape == (1, 3, 64, 48) and out.dtype == torch.float32
     assert float(out.min()) >= -1.0 and float(out.max()) <= 1.0
 
 
 def test_padding_to_the_size_multiple_is_cropped_back(upscaler: Upscaler) -> None:
     y = torch.rand(2, 3, 20, 13, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    out = upscaler.upscale_tensor(y, seed=3)
+    out = upscaler.upscale_tensor(y, InferenceSettings(seed=3))
     assert out.shape == (2, 3, 80, 52)
     # 20x13 is reflect-padded to 32x16 (multiples of 16) and cropped back: same as upscaling the padded image
-    padded = upscaler.upscale_tensor(reflect_pad(y, 32, 16), seed=3)
+    padded = upscaler.upscale_tensor(reflect_pad(y, 32, 16), InferenceSettings(seed=3))
     assert torch.allclose(out, padded[:, :, :80, :52], atol=1e-5)
 
 
 def test_onestep_equals_the_diffusion_sampler_with_the_same_seed(upscaler: Upscaler) -> None:
     y = smooth_lr(16, 32)
-    out = upscaler.upscale_tensor(y, sampler="onestep", seed=11)
+    out = upscaler.upscale_tensor(y, InferenceSettings(sampler="onestep", seed=11))
     zy = F.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False)
     model = lambda x, t, lq: upscaler.unet(x, t, lq)  # noqa: E731
     with torch.inference_mode():
@@ -72,7 +74,7 @@ def test_onestep_equals_the_diffusion_sampler_with_the_same_seed(upscaler: Upsca
 def test_ancestral_equals_the_diffusion_sampler_with_the_same_seed(upscaler: Upscaler) -> None:
     """The whole-image pre-drawn noise is the same sequence the reference sampler draws from the generator."""
     y = smooth_lr(16, 16)
-    out = upscaler.upscale_tensor(y, sampler="ancestral", seed=5)
+    out = upscaler.upscale_tensor(y, InferenceSettings(sampler="ancestral", seed=5))
     zy = F.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False)
     model = lambda x, t, lq: upscaler.unet(x, t, lq)  # noqa: E731
     with torch.inference_mode():
@@ -84,21 +86,27 @@ def test_ancestral_equals_the_diffusion_sampler_with_the_same_seed(upscaler: Ups
 
 def test_determinism_by_seed(upscaler: Upscaler) -> None:
     y = smooth_lr(16, 32)
-    a = upscaler.upscale_tensor(y, seed=7, tile=16, tile_overlap=4, batch=3)
+    a = upscaler.upscale_tensor(y, InferenceSettings(seed=7, tile=16, tile_overlap=4, batch=3))
     # batching does not change results
-    b = upscaler.upscale_tensor(y, seed=7, tile=16, tile_overlap=4, batch=1)
-    c = upscaler.upscale_tensor(y, seed=8, tile=16, tile_overlap=4, batch=3)
+    b = upscaler.upscale_tensor(y, InferenceSettings(seed=7, tile=16, tile_overlap=4, batch=1))
+    c = upscaler.upscale_tensor(y, InferenceSettings(seed=8, tile=16, tile_overlap=4, batch=3))
     assert torch.allclose(a, b, atol=1e-5)
     assert float((a - c).abs().mean()) > 0.05
 
 
 def test_tiled_equals_untiled_when_the_tile_covers_the_image(upscaler: Upscaler) -> None:
     y = smooth_lr(14, 30)
-    untiled = upscaler.upscale_tensor(y, seed=2, tile=None)
-    assert torch.equal(upscaler.upscale_tensor(y, seed=2, tile=30), untiled)
-    assert torch.equal(upscaler.upscale_tensor(y, seed=2, tile=1000, tile_overlap=16), untiled)
+    untiled = upscaler.upscale_tensor(y, InferenceSettings(seed=2, tile=None))
+    assert torch.equal(
+        upscaler.upscale_tensor(y, InferenceSettings(seed=2, tile=30, tile_overlap=8)), untiled
+    )
+    assert torch.equal(
+        upscaler.upscale_tensor(y, InferenceSettings(seed=2, tile=1000, tile_overlap=16)), untiled
+    )
     # a tile rounded up to the padded image size (24 -> 32 >= 16x32) is one tile: the same result
-    assert torch.allclose(upscaler.upscale_tensor(y, seed=2, tile=24, tile_overlap=8), untiled, atol=1e-6)
+    assert torch.allclose(
+        upscaler.upscale_tensor(y, InferenceSettings(seed=2, tile=24, tile_overlap=8)), untiled, atol=1e-6
+    )
 
 
 def _hard_pasted_tiles(
@@ -110,7 +118,7 @@ def _hard_pasted_tiles(
     for i, t in enumerate(plan_tiles(h, w, tile, overlap)):
         rows, cols = t.slices(4)
         crop = y[:, :, t.top : t.top + t.height, t.left : t.left + t.width]
-        out[:, :, rows, cols] = upscaler.upscale_tensor(crop, seed=seed * 100 + i)
+        out[:, :, rows, cols] = upscaler.upscale_tensor(crop, InferenceSettings(seed=seed * 100 + i))
     return out
 
 
@@ -138,7 +146,7 @@ def test_tiles_smaller_than_the_image_leave_no_seam(tiny: ModelPreset) -> None:
     quiet = dataclasses.replace(tiny, diffusion=dataclasses.replace(tiny.diffusion, kappa=1e-4))
     ups = Upscaler.from_random(quiet, seed=0, device="cpu")
     y = smooth_lr(48, 64)
-    tiled = ups.upscale_tensor(y, seed=1, tile=32, tile_overlap=8, batch=6)
+    tiled = ups.upscale_tensor(y, InferenceSettings(seed=1, tile=32, tile_overlap=8, batch=6))
     worst, interior = _border_and_interior_gradients(tiled, 32, 8)
     assert worst < 5 * interior, (worst, interior)
     naive_worst, naive_interior = _border_and_interior_gradients(_hard_pasted_tiles(ups, y, 32, 8, 1), 32, 8)
@@ -149,10 +157,10 @@ def test_one_seed_serves_all_tiles(upscaler: Upscaler) -> None:
     """With the default (noise-dominated) process, tiles take slices of one whole-image noise draw, so the tiled
     result stays close to the untiled one; tiles drawing their own noise are as far off as another seed."""
     y = smooth_lr(48, 48)
-    untiled = upscaler.upscale_tensor(y, seed=1)
-    tiled = upscaler.upscale_tensor(y, seed=1, tile=32, tile_overlap=8)
+    untiled = upscaler.upscale_tensor(y, InferenceSettings(seed=1))
+    tiled = upscaler.upscale_tensor(y, InferenceSettings(seed=1, tile=32, tile_overlap=8))
     own_noise = _hard_pasted_tiles(upscaler, y, 32, 8, seed=1)
-    other_seed = upscaler.upscale_tensor(y, seed=2)
+    other_seed = upscaler.upscale_tensor(y, InferenceSettings(seed=2))
     err_tiled = float((tiled - untiled).abs().mean())
     err_own = float((own_noise - untiled).abs().mean())
     assert err_tiled < 0.2 * err_own, (err_tiled, err_own)
@@ -162,16 +170,16 @@ def test_one_seed_serves_all_tiles(upscaler: Upscaler) -> None:
 def test_grey_in_grey_out_and_16_bit_in_16_bit_out(upscaler: Upscaler) -> None:
     rng = np.random.default_rng(0)
     grey16 = rng.integers(0, 65536, size=(12, 20), dtype=np.uint16)
-    out16 = upscaler.upscale_array(grey16, seed=4)
+    out16 = upscaler.upscale_array(grey16, InferenceSettings(seed=4))
     assert out16.shape == (48, 80) and out16.dtype == np.uint16
     expected = tensor_to_image(
-        upscaler.upscale_tensor(image_to_tensor(grey16), seed=4), bit_depth=16, channels=1
+        upscaler.upscale_tensor(image_to_tensor(grey16), InferenceSettings(seed=4)), bit_depth=16, channels=1
     )
     assert np.array_equal(out16, expected)
     assert np.any(out16 % 257 != 0)  # real 16-bit values, not 8-bit data scaled up
 
     rgb8 = rng.integers(0, 256, size=(12, 20, 3), dtype=np.uint8)
-    out8 = upscaler.upscale_array(rgb8, seed=4, tile=16, tile_overlap=4)
+    out8 = upscaler.upscale_array(rgb8, InferenceSettings(seed=4, tile=16, tile_overlap=4))
     assert out8.shape == (48, 80, 3) and out8.dtype == np.uint8
     grey8 = rgb8[..., 0]
     assert upscaler.upscale_array(grey8).shape == (48, 80)
@@ -182,16 +190,21 @@ def test_bad_inputs_give_clear_errors(upscaler: Upscaler) -> None:
         upscaler.upscale_tensor(torch.zeros(1, 1, 8, 8))
     with pytest.raises(UpscaleError, match=r"y must be in \[-1,1\], got values in \[0, 255\]"):
         upscaler.upscale_tensor(torch.full((1, 3, 8, 8), 255.0).index_fill_(2, torch.tensor([0]), 0.0))
-    with pytest.raises(UpscaleError, match="sampler 'euler' is unknown; use one of onestep, ddim, ancestral"):
-        upscaler.upscale_tensor(torch.zeros(1, 3, 8, 8), sampler="euler")
-    with pytest.raises(UpscaleError, match="steps=9: must be between 1 and the preset's 4 steps"):
-        upscaler.upscale_tensor(torch.zeros(1, 3, 8, 8), steps=9)
-    with pytest.raises(UpscaleError, match="tile_overlap=16 must be smaller than the tile"):
-        upscaler.upscale_tensor(torch.zeros(1, 3, 40, 40), tile=16, tile_overlap=16)
-    with pytest.raises(UpscaleError, match="tile=-8, tile_overlap=4: must be >= 0 LR pixels"):
-        upscaler.upscale_tensor(torch.zeros(1, 3, 40, 40), tile=-8, tile_overlap=4)
-    with pytest.raises(UpscaleError, match="batch=0: must be >= 1"):
-        upscaler.upscale_tensor(torch.zeros(1, 3, 8, 8), batch=0)
+    with pytest.raises(
+        SettingsError, match="sampler 'euler' is unknown; use one of onestep, ddim, ancestral"
+    ):
+        upscaler.upscale_tensor(torch.zeros(1, 3, 8, 8), InferenceSettings(sampler="euler"))
+    with pytest.raises(SettingsError, match="steps=9: this model's schedule has 4 steps; use 1..4"):
+        upscaler.upscale_tensor(torch.zeros(1, 3, 8, 8), InferenceSettings(sampler="ddim", steps=9))
+    with pytest.raises(SettingsError, match="tile_overlap=16 must be smaller than tile=16"):
+        upscaler.upscale_tensor(torch.zeros(1, 3, 40, 40), InferenceSettings(tile=16, tile_overlap=16))
+    # a tile rounded up to the size multiple (17 -> 16 here) may still be too small for the overlap
+    with pytest.raises(SettingsError, match="tile_overlap=16 must be smaller than the tile"):
+        upscaler.upscale_tensor(torch.zeros(1, 3, 40, 40), InferenceSettings(tile=17, tile_overlap=16))
+    with pytest.raises(SettingsError, match="tile=-8: must be >= 1 LR pixel"):
+        upscaler.upscale_tensor(torch.zeros(1, 3, 40, 40), InferenceSettings(tile=-8, tile_overlap=4))
+    with pytest.raises(SettingsError, match="batch=0: must be >= 1"):
+        upscaler.upscale_tensor(torch.zeros(1, 3, 8, 8), InferenceSettings(batch=0))
     with pytest.raises(UpscaleError, match="pixels must be a uint8 or uint16 numpy array, got float32"):
         upscaler.upscale_array(np.zeros((4, 4), np.float32))
     with pytest.raises(
@@ -203,7 +216,7 @@ def test_bad_inputs_give_clear_errors(upscaler: Upscaler) -> None:
 def test_respaced_steps_run(upscaler: Upscaler) -> None:
     y = smooth_lr(16, 16)
     assert upscaler.diffusion(2).num_timesteps == 2
-    out = upscaler.upscale_tensor(y, sampler="ddim", steps=2)
+    out = upscaler.upscale_tensor(y, InferenceSettings(sampler="ddim", steps=2))
     assert out.shape == (1, 3, 64, 64)
 
 
@@ -243,7 +256,7 @@ def test_latent_preset_pipeline_matches_its_definition() -> None:
     ups = Upscaler.from_random(load_preset("x4", SMALL_LATENT), seed=0, device="cpu")
     assert (ups.net_scale, ups.lr_multiple, ups.noise_channels) == (1, 64, 3)
     y = smooth_lr(40, 70)
-    out = ups.upscale_tensor(y, seed=9)
+    out = ups.upscale_tensor(y, InferenceSettings(seed=9))
     assert out.shape == (1, 3, 160, 280)
     y_pad = reflect_pad(y, 64, 128)
     with torch.inference_mode():
@@ -252,7 +265,9 @@ def test_latent_preset_pipeline_matches_its_definition() -> None:
         x0 = sample_onestep(model, ups.diffusion(), zy, y_pad, generator=torch.Generator().manual_seed(9))
         ref = ups.autoencoder.decode(x0).clamp(-1, 1)[:, :, :160, :280]
     assert torch.allclose(out, ref, atol=1e-5)
-    tiled = ups.upscale_tensor(smooth_lr(64, 128), seed=9, tile=64, tile_overlap=16, batch=3)
+    tiled = ups.upscale_tensor(
+        smooth_lr(64, 128), InferenceSettings(seed=9, tile=64, tile_overlap=16, batch=3)
+    )
     assert tiled.shape == (1, 3, 256, 512) and float(tiled.abs().max()) <= 1.0
 
 
@@ -262,7 +277,7 @@ def test_cuda_autocast_matches_cpu_float32(tiny: ModelPreset) -> None:
     gpu = Upscaler.from_random(tiny, seed=0, device="cuda")
     assert gpu.dtype in (torch.bfloat16, torch.float16)
     y = smooth_lr(48, 80)
-    a = cpu.upscale_tensor(y, seed=1, tile=32, tile_overlap=8)
-    b = gpu.upscale_tensor(y.cuda(), seed=1, tile=32, tile_overlap=8, batch=8)
+    a = cpu.upscale_tensor(y, InferenceSettings(seed=1, tile=32, tile_overlap=8))
+    b = gpu.upscale_tensor(y.cuda(), InferenceSettings(seed=1, tile=32, tile_overlap=8, batch=8))
     assert b.device.type == "cuda" and b.shape == a.shape
     assert float((a - b.cpu()).abs().mean()) < 0.05

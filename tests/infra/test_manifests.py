@@ -2,9 +2,10 @@
 kustomize`), every built-in object validates offline against the Kubernetes OpenAPI schemas
 (kubernetes-validate, strict), and the security and wiring rules hold for every workload.
 
-kubernetes-validate has no schemas for Kubeflow's CRDs (TrainingRuntime, TrainJob): their structure is
-checked here field by field against the Trainer v1alpha1 API, and the pod template a TrainingRuntime
-embeds is validated as a core/v1 Pod.
+kubernetes-validate has no schemas for Kubeflow's CRDs (TrainingRuntime, TrainJob): every rendered Trainer
+object is validated against the Trainer API models of ``kubeflow_trainer_api`` with unknown fields refused
+(``difiisr.training.trainjob.validate_trainer_object``), and the pod template a TrainingRuntime embeds is
+validated as a core/v1 Pod as well.
 """
 
 from __future__ import annotations
@@ -156,12 +157,24 @@ def test_crds_have_no_schema_here_and_their_pod_templates_validate_as_pods() -> 
         kubernetes_validate.validate(pod, version, strict=True)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_trainer_object_validates_against_the_trainer_api_models(target: str) -> None:
+    from difiisr.training.trainjob import validate_trainer_object
+
+    trainer_objs = [o for o in render(target) if o["apiVersion"].startswith("trainer.kubeflow.org/")]
+    for obj in trainer_objs:
+        validate_trainer_object(obj)  # raises TrainJobConfigError naming every unknown or mistyped field
+    kinds = {o["kind"] for o in trainer_objs}
+    assert kinds == ({"TrainJob"} if target == "examples" else {"TrainingRuntime"}), target
+
+
 def test_training_runtime_structure() -> None:
     for overlay in OVERLAYS:
         runtime = by_kind(render(f"overlays/{overlay}"), "TrainingRuntime")["difiisr-torch"]
         assert runtime["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
         assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
-        assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {"numProcPerNode": "auto"}}
+        # Trainer API 2.3: TorchMLPolicySource has only envInjection; processes per node are a TrainJob setting
+        assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {}}
         (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
         assert job["name"] == "node"
         assert (
@@ -469,8 +482,13 @@ def test_dev_runs_postgres_and_seaweedfs_in_cluster_prod_does_not() -> None:
     assert launcher_root.split("/")[2] in buckets
 
 
-def test_batch_upscale_cronjob_runs_difiisr_upscale() -> None:
+def test_batch_upscale_cronjob_runs_difiisr_batch_upscale_one_shard_per_pod() -> None:
+    import argparse
+
+    from difiisr.cli import batch_upscale
     from difiisr.cli.main import VERBS
+    from difiisr.inference.settings import InferenceSettings
+    from difiisr.storage.selection import Shard
 
     for overlay in OVERLAYS:
         objs = render(f"overlays/{overlay}")
@@ -478,17 +496,33 @@ def test_batch_upscale_cronjob_runs_difiisr_upscale() -> None:
         assert len(cron["spec"]["schedule"].split()) == 5
         assert cron["spec"]["concurrencyPolicy"] == "Forbid"
         assert cron["spec"]["suspend"] is (overlay == "prod")  # prod uses the KFP recurring run
+        job = cron["spec"]["jobTemplate"]["spec"]
+        assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"]
         (c,) = pod_spec(cron)["containers"]
         assert "command" not in c  # the image's entry point: tini -- difiisr
-        verb, inputs, *rest = c["args"]
-        assert verb == "upscale" and verb in VERBS
-        assert rest[0] == "--out"
+        assert c["args"][0] == "batch-upscale" and "batch-upscale" in VERBS
         config = _config(objs)
         assert [e["configMapRef"]["name"] for e in c["envFrom"]] == [
             n for n in by_kind(objs, "ConfigMap") if n.startswith("difiisr-config-")
         ]
-        args = [_expand(a, config) for a in c["args"]]  # KeyError: a $(VAR) that difiisr-config lacks
-        assert args[1].startswith("s3://") and args[3].startswith("s3://")
-        assert (
-            args[args.index("--model-dir") + 1] == config["BATCH_MODEL_URI"] == "models:/difiisr-x4@champion"
+        (index_env,) = [e for e in c["env"] if e["name"] == "SHARD_INDEX"]
+        assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == (
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
         )
+        parser = argparse.ArgumentParser()
+        batch_upscale.add_arguments(parser)
+        shards = []
+        for index in range(job["completions"]):  # what pod `index` runs, parsed by the verb's own parser
+            env = {**config, "SHARD_INDEX": str(index)}
+            args = parser.parse_args([_expand(a, env) for a in c["args"][1:]])  # KeyError: an unknown $(VAR)
+            assert args.input.startswith("s3://") and args.output.startswith("s3://")
+            assert args.model == config["BATCH_MODEL_URI"] == "models:/difiisr-x4@champion"
+            assert args.device == "cuda" and args.no_progress
+            InferenceSettings.from_args(args)  # valid settings
+            shards.append(Shard.parse(args.shard))
+        # N pods take shards 0/N .. N-1/N: together every key exactly once
+        assert shards == [Shard(i, job["completions"]) for i in range(job["completions"])]
+        # AWS_* for the S3 prefixes: endpoint from the ConfigMap, keys from the Secret
+        assert "AWS_ENDPOINT_URL" in config and {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= {
+            e["name"] for e in c["env"]
+        }

@@ -1,10 +1,11 @@
-"""The local service stack (infra/local/stack.py) and the service fixtures (tests/services.py), for real:
-SeaweedFS and MLflow run on 127.0.0.1; nothing is mocked."""
+"""The local service stack (the difiisr.stack package, `python -m difiisr.stack`) and the service fixtures
+(tests/services.py), for real: SeaweedFS and MLflow run on 127.0.0.1; nothing is mocked."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -18,7 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 from botocore.exceptions import ClientError
-from stack import (
+
+from difiisr.errors import DifiisrError, ExitCode
+from difiisr.stack import (
     ARTIFACT_BUCKET,
     Credentials,
     ManagedProcess,
@@ -29,9 +32,6 @@ from stack import (
     load_or_create_credentials,
     wait_until,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-STACK = ROOT / "infra" / "local" / "stack.py"
 
 
 def _alive(pid: int) -> bool:
@@ -161,6 +161,31 @@ def test_stack_config_from_env_and_flags(tmp_path: Path) -> None:
         StackConfig.from_env({"DIFIISR_S3_PORT": "x"})
 
 
+def test_stack_errors_are_difiisr_errors_with_the_shared_exit_codes(tmp_path: Path) -> None:
+    with pytest.raises(StackError) as config_err:
+        StackConfig.from_env({"DIFIISR_MLFLOW_PORT": "five"})
+    assert isinstance(config_err.value, DifiisrError) and config_err.value.exit_code == ExitCode.USAGE
+    (tmp_path / "credentials.env").write_text("AWS_SECRET_ACCESS_KEY=x\n")
+    with pytest.raises(StackError) as job_err:
+        load_or_create_credentials(tmp_path / "credentials.env")
+    assert isinstance(job_err.value, (DifiisrError, RuntimeError))
+    assert job_err.value.exit_code == ExitCode.JOB_FAILED
+
+
+def test_credentials_repr_hides_the_secret() -> None:
+    creds = Credentials.generate()
+    assert creds.secret_key not in repr(creds) and creds.access_key in repr(creds)
+
+
+def test_importing_the_stack_imports_no_torch_mlflow_or_boto3() -> None:
+    code = (
+        "import sys, difiisr.stack, difiisr.stack.cli, difiisr.stack.__main__\n"
+        "print(sorted(m for m in ('torch', 'mlflow', 'boto3', 'botocore') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_port_in_use_is_refused_before_starting(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -235,19 +260,73 @@ def test_a_server_that_dies_at_start_reports_its_log_tail(tmp_path: Path) -> Non
         wait_until(proc, lambda: False, timeout=30, what="health")
 
 
+_FOREGROUND_SERVER = """
+import signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print(child.pid, flush=True)
+def stop(signum, frame):
+    # leaves its child running (as a careless server would) and exits with a code of its own
+    sys.exit(7)
+signal.signal(signal.SIGINT, stop)
+time.sleep(120)
+"""
+
+
+def test_run_foreground_forwards_sigint_returns_the_code_and_leaves_no_process(tmp_path: Path) -> None:
+    """What `difiisr serve` relies on: a signal to the supervisor reaches the server's group, the server's
+    exit code comes back, and a member the server left behind is stopped too."""
+    runner = (
+        "import os, sys\n"
+        "from difiisr.stack.process import run_foreground\n"
+        "print('supervisor', os.getpid(), flush=True)\n"
+        f"sys.exit(run_foreground([sys.executable, '-c', {_FOREGROUND_SERVER!r}], dict(os.environ), "
+        "stop_timeout=5.0, tick=0.1))\n"
+    )
+    log = tmp_path / "out.txt"
+    with open(log, "w") as out:
+        supervisor = subprocess.Popen([sys.executable, "-c", runner], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while len(log.read_text().split()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        words = log.read_text().split()
+        grandchild = int(words[2])
+        server = psutil.Process(grandchild).ppid()
+        assert os.getpgid(server) == server != os.getpgid(supervisor.pid)  # its own process group
+        supervisor.send_signal(signal.SIGINT)  # to the supervisor only, as Ctrl-C in its terminal would
+        assert supervisor.wait(30) == 7, log.read_text()
+        assert _wait_gone([server, grandchild]) == []
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+
+
+def test_run_foreground_reports_death_by_signal_as_128_plus_n(tmp_path: Path) -> None:
+    from difiisr.stack.process import run_foreground
+
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    assert run_foreground([sys.executable, "-c", code], dict(os.environ), tick=0.05) == 128 + signal.SIGTERM
+
+
 # ------------------------------------------------------------------------------- the CLI, end to end
 
 
 def _stack_cli(*args: str, root: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFIISR_", "AWS_", "MLFLOW_"))}
     return subprocess.run(
-        [sys.executable, str(STACK), *args, "--root", str(root)],
+        [sys.executable, "-m", "difiisr.stack", *args, "--root", str(root)],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
         check=False,
     )
+
+
+def _exports(stdout: str) -> dict[str, str]:
+    """The variables of ``env``'s ``export KEY=VALUE`` lines."""
+    return dict(line.removeprefix("export ").split("=", 1) for line in stdout.splitlines())
 
 
 @pytest.mark.services
@@ -260,8 +339,10 @@ def test_cli_up_status_env_down_leaves_no_process(tmp_path: Path) -> None:
     try:
         assert up.returncode == 0, up.stderr
         creds = load_or_create_credentials(root / "credentials.env")
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
-        assert exports == {
+        env = _stack_cli("env", root=root)
+        assert env.returncode == 0, env.stderr
+        # the variables to export come from `env` (meant for eval); `up` says where they are, not what
+        assert _exports(env.stdout) == {
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
             "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
@@ -269,6 +350,8 @@ def test_cli_up_status_env_down_leaves_no_process(tmp_path: Path) -> None:
             "AWS_SECRET_ACCESS_KEY": creds.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+        assert f"http://127.0.0.1:{mlflow_port}" in up.stdout and f"http://127.0.0.1:{s3_port}" in up.stdout
+        assert str(root / "credentials.env") in up.stdout
         assert stat.S_IMODE((root / "credentials.env").stat().st_mode) == 0o600
 
         status = _stack_cli("status", root=root)
@@ -289,7 +372,7 @@ def test_cli_up_status_env_down_leaves_no_process(tmp_path: Path) -> None:
         # `up` again adopts the running servers instead of starting new ones
         again = _stack_cli("up", *ports, root=root)
         assert again.returncode == 0 and again.stdout == up.stdout
-        assert _stack_cli("env", root=root).stdout == up.stdout
+        assert _stack_cli("env", root=root).stdout == env.stdout
         weed_ports = json.loads((root / "run" / "seaweedfs.pid").read_text())["ports"]
     finally:
         down = _stack_cli("down", root=root)
@@ -299,6 +382,55 @@ def test_cli_up_status_env_down_leaves_no_process(tmp_path: Path) -> None:
     assert sorted((root / "run").glob("*.pid")) == [] and sorted((root / "run").glob("*.sock")) == []
     assert [p for p in weed_ports.values() if list(Path("/tmp").glob(f"seaweedfs-*-{p}.sock"))] == []
     after = _stack_cli("status", root=root)
-    assert after.returncode == 3
+    assert after.returncode == ExitCode.FAILURES  # a stopped stack is not healthy
     assert "seaweedfs  stopped" in after.stdout and "mlflow     stopped" in after.stdout
     assert _stack_cli("down", root=root).stdout == "mlflow: was not running\nseaweedfs: was not running\n"
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_up_and_status_print_no_secret_and_env_loads_into_a_shell(tmp_path: Path) -> None:
+    """Regression (issue 9 item 2): `up` used to print `export AWS_SECRET_ACCESS_KEY=...` into CI logs."""
+    root = tmp_path / "stack"
+    s3_port, mlflow_port = free_ports(2)
+    up = _stack_cli("up", "--s3-port", str(s3_port), "--mlflow-port", str(mlflow_port), root=root)
+    try:
+        assert up.returncode == 0, up.stderr
+        creds_file = root / "credentials.env"
+        assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
+        creds = load_or_create_credentials(creds_file)
+        status = _stack_cli("status", root=root)
+        assert status.returncode == 0, status.stdout + status.stderr
+        # what `up` prints: where the file is and the command that loads it (run with this Python)
+        load = next(line.strip() for line in up.stdout.splitlines() if line.strip().startswith("eval "))
+        assert load == f'eval "$({sys.executable} -m difiisr.stack env --root {root})"'
+        assert f"{creds_file} (mode 0600" in up.stdout
+        for text in (up.stdout, up.stderr, status.stdout, status.stderr):
+            assert creds.secret_key not in text and "AWS_SECRET_ACCESS_KEY" not in text
+        for log in (root / "logs").glob("*.log"):  # the servers' own logs and the PID files neither
+            assert creds.secret_key not in log.read_text(errors="replace"), log
+        for pid_file in (root / "run").glob("*.pid"):
+            assert creds.secret_key not in pid_file.read_text(), pid_file
+
+        # the printed command, run by a shell, loads variables that work: S3 with the enforced keys, MLflow
+        client = (
+            "import os, boto3, urllib.request\n"
+            "s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n"
+            "print(sorted(b['Name'] for b in s3.list_buckets()['Buckets']))\n"
+            "print(urllib.request.urlopen(os.environ['MLFLOW_TRACKING_URI'] + '/health', timeout=10).status)\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFIISR_", "AWS_", "MLFLOW_"))}
+        shell = subprocess.run(
+            ["bash", "-c", f'{load} && exec {sys.executable} -c "$0"', client],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+        assert shell.returncode == 0, shell.stderr
+        assert shell.stdout.splitlines() == ["['difiisr-data', 'difiisr-dvc', 'difiisr-mlflow']", "200"]
+        assert creds.secret_key not in shell.stderr  # `env`'s values go to the eval, not to the terminal
+    finally:
+        down = _stack_cli("down", root=root)
+    assert down.returncode == 0, down.stderr

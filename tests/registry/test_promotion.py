@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from difiisr.cli.main import main as cli
+from difiisr.errors import ExitCode
 from difiisr.registry.names import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
@@ -121,16 +122,18 @@ def test_mismatched_evaluation_sets_are_refused(registry):
 
 def test_cli_exit_codes_and_messages(registry, capsys):
     client, name = registry
-    assert cli(["promote", "--name", name]) == 1  # no challenger yet
-    assert "has no 'challenger' alias" in capsys.readouterr().out
+    assert cli(["promote", "--name", name]) == ExitCode.JOB_FAILED  # no challenger yet
+    assert "has no 'challenger' alias" in capsys.readouterr().err
     add_version(client, name, psnr_y=30.0)
     assert cli(["promote", "--name", name, "--min-delta", "0.05"]) == 0
     assert "PROMOTED" in capsys.readouterr().out
     add_version(client, name, psnr_y=29.0)
-    assert cli(["promote", "--name", name]) == 3
+    assert cli(["promote", "--name", name]) == ExitCode.NOT_PROMOTED == 3
     assert "REJECTED" in capsys.readouterr().out
-    assert cli(["rollback", "--name", name]) == 1
-    assert "first champion" in capsys.readouterr().out
+    assert cli(["promote", "--name", name, "--metric", "musiq_rank"]) == ExitCode.JOB_FAILED
+    assert "metric 'musiq_rank' has no known direction" in capsys.readouterr().err
+    assert cli(["rollback", "--name", name]) == ExitCode.JOB_FAILED
+    assert "first champion" in capsys.readouterr().err
 
 
 class _SlowChampionWrites:

@@ -25,6 +25,7 @@ import torch
 from mlflow import MlflowClient
 
 from difiisr.inference import Upscaler
+from difiisr.inference.settings import InferenceSettings
 from difiisr.models.bundle import save_model_folder
 from difiisr.models.preset import load_preset
 from difiisr.models.swin_unet import SwinUNet
@@ -76,7 +77,9 @@ def test_register_tags_and_pyfunc_matches_upscaler(mlflow_env, model_dir):
     assert {p.name for p in sig.params.params} >= {"sampler", "steps", "seed", "tile"}
     lr = _lr_image()
     got = model.predict(lr[None], params={"seed": 3, "sampler": "ddim"})
-    want = Upscaler.from_folder(model_dir, device="cpu").upscale_array(lr, sampler="ddim", seed=3)
+    want = Upscaler.from_folder(model_dir, device="cpu").upscale_array(
+        lr, InferenceSettings(sampler="ddim", seed=3)
+    )
     assert got.shape == (1, 96, 80) and got.dtype == np.uint8
     np.testing.assert_array_equal(got[0], want)
 
@@ -128,7 +131,7 @@ def test_mlflow_models_serve_answers_invocations(mlflow_env, model_dir, tmp_path
         with urllib.request.urlopen(req, timeout=120) as r:
             answer = json.loads(r.read())
         got = np.asarray(answer["predictions"], dtype=np.uint8)
-        want = Upscaler.from_folder(model_dir, device="cpu").upscale_array(lr, seed=5)
+        want = Upscaler.from_folder(model_dir, device="cpu").upscale_array(lr, InferenceSettings(seed=5))
         assert got.shape == (1, 96, 80)
         np.testing.assert_array_equal(got[0], want)
     finally:
@@ -156,5 +159,7 @@ def test_model_folder_resolves_run_and_registry_uris(mlflow_env, model_dir, tmp_
     assert model_folder(model_dir, tmp_path) == model_dir
     with pytest.raises(ModelReferenceError, match="no such folder and not an MLflow URI"):
         model_folder(tmp_path / "missing", tmp_path)
-    with pytest.raises(ModelReferenceError, match="cannot download from MLflow"):
+    with pytest.raises(ModelReferenceError, match="not found in the registry"):
         model_folder(f"models:/{name}@nope", tmp_path / "x")
+    with pytest.raises(ModelReferenceError, match="cannot download from MLflow"):
+        model_folder(f"runs:/{run_id}/no_such_artifact", tmp_path / "y")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from difiisr.inference.settings import InferenceSettings
 from difiisr.io import read_image
 from difiisr.training import ResumeError, train
 from difiisr.training.checkpointing import read_marker
@@ -57,7 +58,7 @@ def test_loss_falls_exports_and_tracks_to_local_sqlite(
     assert bundle.meta["step"] == 24 and bundle.meta["dataset_md5"]
     upscaler = Upscaler.from_folder(result.model_dir, device="cpu")
     lr = read_image(val_pairs / "lr" / "im000.png").pixels
-    sr = upscaler.upscale_array(lr, sampler="onestep", seed=0)
+    sr = upscaler.upscale_array(lr, InferenceSettings(sampler="onestep", seed=0))
     assert sr.shape == (64, 64) and sr.dtype == np.uint8
 
     # tracking went to ./mlflow.db because MLFLOW_TRACKING_URI was unset
@@ -109,6 +110,21 @@ def test_resume_follows_the_uninterrupted_trajectory(tmp_path: Path, train_pairs
     cb = load_file(str(second.checkpoint / "model.safetensors"))
     for key in ca:
         torch.testing.assert_close(ca[key], cb[key], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_is_exact_with_dropout_without_saved_rng_state(
+    tmp_path: Path, train_pairs: Path, tiny_config
+) -> None:
+    # dropout draws from the global RNG; checkpoints store no RNG state, so the loop reseeds it per micro-step
+    cfg = tiny_config(tmp_path / "straight", train_pairs, max_steps=3)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, overrides=("unet.dropout=0.3",)))
+    straight = train(cfg)
+    split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"))
+    torch.manual_seed(12345)  # whatever the caller did to the global RNG before must not matter
+    first = train(split, stop_after=1)
+    torch.rand(7)
+    second = train(split, resume=True)
+    assert list(first.losses + second.losses) == list(straight.losses)
 
 
 def test_bad_batch_and_crop_sizes_are_refused(tmp_path: Path, train_pairs: Path, tiny_config) -> None:
@@ -178,7 +194,9 @@ def test_latent_preset_encodes_with_the_frozen_autoencoder(tmp_path: Path, tiny_
     assert result.status == "completed" and all(np.isfinite(result.losses))
     assert (result.model_dir / "autoencoder.safetensors").is_file()
     upscaler = Upscaler.from_folder(result.model_dir, device="cpu")
-    sr = upscaler.upscale_array(read_image(pairs / "lr" / "im000.png").pixels, sampler="onestep")
+    sr = upscaler.upscale_array(
+        read_image(pairs / "lr" / "im000.png").pixels, InferenceSettings(sampler="onestep")
+    )
     assert sr.shape == (256, 256)
 
     no_vae = dataclasses.replace(

@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 
-HELP = "make LR/HR pairs (Real-ESRGAN second order or bicubic protocol)"
-
 log = logging.getLogger(__name__)
 
 _PROTOCOL_DEFAULT = -1  # --crop not given: gt_size for realesrgan, whole images for bicubic (not a string:
@@ -70,12 +68,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the pairs and print a one-line summary; returns 0, or 2 with a message on bad input."""
+    """Write the pairs, report each bad HR file, print a summary; returns an ``ExitCode``.
+
+    OK when every HR file gave its pairs, FAILURES when some HR files could not be used (the others are written),
+    USAGE on a bad flag, config or folder (nothing written), JOB_FAILED when writing itself failed.
+    """
     from difiisr.config import ConfigError, apply_overrides, from_mapping, load_yaml
-    from difiisr.degradation import PairsError, RealESRGANConfig, degrade_folder
-    from difiisr.io import ImageReadError
+    from difiisr.degradation import RealESRGANConfig, degrade_folder
+    from difiisr.errors import DifiisrError, ExitCode
+    from difiisr.storage.overlap import check_disjoint
 
     try:
+        check_disjoint(args.out, [args.hr])
         mapping = load_yaml(args.config) if args.config else {}
         mapping = apply_overrides(mapping, args.set)
         config = from_mapping(RealESRGANConfig, mapping, args.config or "--set")
@@ -94,8 +98,16 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             config=config,
         )
-    except (PairsError, ConfigError, ImageReadError, NotADirectoryError) as exc:
+    except (DifiisrError, ConfigError) as exc:
         print(f"difiisr degrade: error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", ExitCode.USAGE))
+    except OSError as exc:
+        print(f"difiisr degrade: error: {exc}", file=sys.stderr)
+        return int(ExitCode.JOB_FAILED)
     print(summary.line())
-    return 0
+    if summary.failures:
+        print(f"difiisr degrade: {len(summary.failures)} HR file(s) gave no pairs:", file=sys.stderr)
+        for failure in summary.failures:
+            print(f"  {failure.line()}", file=sys.stderr)
+        return int(ExitCode.FAILURES)
+    return int(ExitCode.OK)

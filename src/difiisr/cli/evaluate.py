@@ -6,11 +6,9 @@ import argparse
 import logging
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-HELP = "evaluate a model on LR/HR pairs against bicubic"
 KEY_METRICS = ("psnr_y", "ssim_y", "niqe", "lpips")
 
 log = logging.getLogger(__name__)
@@ -18,6 +16,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``difiisr evaluate``."""
+    from difiisr.inference.settings import InferenceSettings
+
     parser.add_argument(
         "--model",
         required=True,
@@ -31,13 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, type=Path, help="output folder (per_image.csv, aggregate.json, ...)"
     )
     parser.add_argument("--name", default=None, help="method name in the reports (default: from --model)")
-    parser.add_argument("--sampler", default="onestep", choices=("onestep", "ddim", "ancestral"))
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (recorded with the results)")
+    InferenceSettings.add_arguments(parser)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument(
-        "--tile", type=int, default=None, help="LR tile size for tiled inference (default: none)"
+        "--via-pyfunc",
+        action="store_true",
+        help="run a registered model through mlflow.pyfunc (8-bit) instead of the upscaler engine",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (model folders)")
     parser.add_argument(
         "--lpips-weights",
         action="append",
@@ -78,48 +78,31 @@ def _fmt(value: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the reports, optionally log to MLflow, print a summary; returns the exit code."""
-    from difiisr.config import ConfigError
-    from difiisr.evaluation.evaluate import EvaluationError, evaluate_pairs, log_to_mlflow
-    from difiisr.evaluation.lpips import LPIPSWeightsError
-    from difiisr.evaluation.metrics import MetricInputError
-    from difiisr.evaluation.model_source import InferenceSettings, ModelSourceError, load_upscale_fn
-    from difiisr.evaluation.pairs import PairsError
-    from difiisr.io import ImageReadError
-    from difiisr.models.bundle import ModelFolderError
+    from difiisr.evaluation.evaluate import evaluate_pairs, log_to_mlflow
+    from difiisr.evaluation.model_source import load_upscale_fn
+    from difiisr.inference.settings import InferenceSettings
+    from difiisr.storage.overlap import check_disjoint
 
-    settings = InferenceSettings(
-        sampler=args.sampler, steps=args.steps, seed=args.seed, tile=args.tile, device=args.device
-    )
+    settings = InferenceSettings.from_args(args)
+    check_disjoint(args.out, [args.pairs])
     name = args.name or _default_name(args.model)
-    known = (
-        PairsError,
-        EvaluationError,
-        ModelSourceError,
-        LPIPSWeightsError,
-        ImageReadError,
-        ModelFolderError,
-        ConfigError,
-        MetricInputError,
-    )
-    try:
-        with tempfile.TemporaryDirectory(prefix="difiisr-evaluate-") as workdir:
-            if args.model == "bicubic":
-                upscale_fn, meta = None, {"model": "bicubic"}
-            else:
-                upscale_fn, meta = load_upscale_fn(args.model, settings, workdir)
-            result = evaluate_pairs(
-                upscale_fn,
-                args.pairs,
-                args.out,
-                name=name,
-                lpips_weights=args.lpips_weights,
-                crops=args.crops,
-                progress=not args.no_progress,
-                meta=meta,
+    with tempfile.TemporaryDirectory(prefix="difiisr-evaluate-") as workdir:
+        if args.model == "bicubic":
+            upscale_fn, meta = None, {"model": "bicubic"}
+        else:
+            upscale_fn, meta = load_upscale_fn(
+                args.model, settings, workdir, device=args.device, via_pyfunc=args.via_pyfunc
             )
-    except known as exc:
-        print(f"difiisr evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        result = evaluate_pairs(
+            upscale_fn,
+            args.pairs,
+            args.out,
+            name=name,
+            lpips_weights=args.lpips_weights,
+            crops=args.crops,
+            progress=not args.no_progress,
+            meta=meta,
+        )
 
     use_mlflow = args.mlflow if args.mlflow is not None else bool(os.environ.get("MLFLOW_TRACKING_URI"))
     run_id = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from difiisr.registry.names import DEFAULT_MODEL_NAME, RegistryError
+from difiisr.errors import ExitCode
+from difiisr.registry.names import DEFAULT_MODEL_NAME
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,13 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Decide, print the decision; exit 0 when promoted or unchanged, 3 when rejected, 1 when refused."""
+    """Decide and print the decision: ``OK`` when promoted or unchanged, ``NOT_PROMOTED`` when rejected or refused."""
     from difiisr.registry.promotion import promote
 
-    try:
-        decision = promote(args.name, metric=args.metric, min_delta=args.min_delta, version=args.version)
-    except RegistryError as exc:
-        print(f"difiisr promote: {exc}")
-        return 1
+    decision = promote(args.name, metric=args.metric, min_delta=args.min_delta, version=args.version)
     print(decision.summary())
-    return {"promoted": 0, "unchanged": 0, "rejected": 3}.get(decision.outcome, 1)
+    return ExitCode.OK if decision.outcome in ("promoted", "unchanged") else ExitCode.NOT_PROMOTED

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from difiisr.registry.names import DEFAULT_MODEL_NAME, RegistryError
+from difiisr.errors import ExitCode
+from difiisr.registry.names import DEFAULT_MODEL_NAME
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,13 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Roll back and print what moved."""
+    """Roll back and print what moved (registry errors propagate to the dispatcher)."""
     from difiisr.registry.promotion import rollback
 
-    try:
-        old, new = rollback(args.name)
-    except RegistryError as exc:
-        print(f"difiisr rollback: {exc}")
-        return 1
+    old, new = rollback(args.name)
     print(f"{args.name}: champion rolled back from v{old} to v{new}")
-    return 0
+    return ExitCode.OK

@@ -1,7 +1,8 @@
 """``difiisr train``: train the diffusion model (one process, or N under ``accelerate launch``).
 
-Exit codes: 0 done (or stopped by ``--stop-after``); 2 bad configuration or data; 75 stopped by SIGTERM after
-saving a checkpoint (rerun the same command with ``--resume``).
+Exit codes (``difiisr.errors.ExitCode``): OK when done (or stopped by ``--stop-after``); USAGE for a bad
+configuration, data folder or checkpoint; PREEMPTED when stopped by SIGTERM after saving a checkpoint (rerun the
+same command with ``--resume``).
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
-HELP = "train the diffusion model (Accelerate, resumable, MLflow-tracked)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,21 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and print where the checkpoint and model folder went; returns the exit code."""
-    from difiisr.config import ConfigError
-    from difiisr.evaluation.pairs import PairsError
-    from difiisr.models.checkpoint import CheckpointError
-    from difiisr.training import ResumeError, TrainError, load_train_config, train
-    from difiisr.training.data import TrainDataError
+    from difiisr.errors import DifiisrError
+    from difiisr.training import load_train_config, train
 
-    # Accelerate logs every file of every checkpoint at INFO; keep its warnings only unless debugging.
+    # Accelerate logs at INFO about its setup; keep its warnings only unless debugging.
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         cfg = load_train_config(args.config, args.overrides)
         result = train(cfg, resume=args.resume, stop_after=args.stop_after)
-    except (ConfigError, TrainError, ResumeError, TrainDataError, PairsError, CheckpointError) as exc:
+    except DifiisrError as exc:
         print(f"difiisr train: {exc}", file=sys.stderr)
-        return 2
+        return int(exc.exit_code)
     if result.main_process:
         print(f"difiisr train: {result.status} at step {result.step} ({result.num_processes} process(es))")
         if result.checkpoint is not None:
@@ -69,4 +65,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"  MLflow run: {result.mlflow_run_id}")
         if result.status == "preempted":
             print("  preempted: rerun the same command with --resume to continue")
-    return result.exit_code
+    return int(result.exit_code)

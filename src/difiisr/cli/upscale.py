@@ -1,8 +1,11 @@
-"""``difiisr upscale``: x4 super-resolve image files and folders with a model preset and weights.
+"""``difiisr upscale``: x4 super-resolve image files and folders with a model folder, MLflow URI or checkpoints.
 
 Outputs go to ``--out DIR`` as ``NAME.png`` (``NAME.tif`` for TIFF inputs), with the input's bit depth and
-grey/RGB form; every file is written atomically and an existing output is skipped (``--overwrite`` redoes it).
-The sampler, steps, seed and model are recorded in the output file (PNG text / TIFF description).
+grey/RGB form; every file is written atomically and records the model (reference, weights digest, registry
+version) and every inference setting (PNG text / TIFF description). A rerun skips an output only when its record
+has the same model digest and settings; outputs made differently are refused unless ``--overwrite`` is given.
+Settings and the output location are checked once, before any image is read; an output folder that overlaps an
+input is refused.
 """
 
 from __future__ import annotations
@@ -10,40 +13,38 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
+from difiisr.errors import ExitCode, UsageError
 
-HELP = "x4 super-resolve images with a preset and checkpoints"
+if TYPE_CHECKING:
+    from difiisr.inference.batch_pipeline import BatchItem
 
 logger = logging.getLogger(__name__)
 
 
-class UpscaleCLIError(ValueError):
-    """Bad command line (inputs, outputs, weight flags); the message says which flag to change."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``upscale`` flags to ``parser``."""
-    from difiisr.inference.upscaler import DEVICES, SAMPLERS
+    from difiisr.inference.settings import InferenceSettings
 
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", type=Path, help="image files or folders (not recursive)"
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
-    weights = parser.add_argument_group("model (one of --model-dir, --unet-ckpt, --random-init)")
+    weights = parser.add_argument_group("model (one of --model, --unet-ckpt, --random-init)")
     weights.add_argument(
-        "--model-dir",
         "--model",
-        dest="model_dir",
+        "--model-dir",
+        dest="model",
         metavar="D|URI",
         help="model folder (model.yaml + safetensors) or MLflow URI: models:/difiisr-x4@champion, "
         "models:/NAME/VERSION, runs:/RUN_ID/model_folder (uses MLFLOW_TRACKING_URI)",
     )
     weights.add_argument(
-        "--preset", default=None, help="x4 | tiny | a preset YAML (default x4; not with --model-dir)"
+        "--preset", default=None, help="x4 | tiny | a preset YAML (default x4; not with --model)"
     )
     weights.add_argument(
         "--unet-ckpt", type=Path, metavar="F", help="denoiser checkpoint (.pth/.safetensors)"
@@ -54,29 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="random weights (demos/benchmarks only: the output is not SR)",
     )
-    run = parser.add_argument_group("sampling")
-    run.add_argument(
-        "--sampler", choices=SAMPLERS, default="onestep", help="reverse process (default onestep)"
+    InferenceSettings.add_arguments(parser)
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N (default auto)"
     )
-    run.add_argument(
-        "--steps", type=int, default=None, metavar="N", help="respace to N steps (default: preset's)"
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every input, replacing existing outputs (default: skip outputs made with the same model and "
+        "settings, refuse outputs made differently)",
     )
-    run.add_argument(
-        "--tile",
-        type=int,
-        default=256,
-        metavar="N",
-        help="tile side in LR pixels, rounded to the network multiple; 0 = never tile (default 256)",
-    )
-    run.add_argument(
-        "--tile-overlap", type=int, default=32, metavar="N", help="tile overlap in LR pixels (default 32)"
-    )
-    run.add_argument(
-        "--batch", type=int, default=1, metavar="N", help="tiles per network call (default 1; raise on a GPU)"
-    )
-    run.add_argument("--seed", type=int, default=0, help="seed of all noise (recorded in the outputs)")
-    run.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda when available")
-    parser.add_argument("--overwrite", action="store_true", help="redo inputs whose output already exists")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def collect_inputs(inputs: Sequence[Path]) -> list[Path]:
@@ -90,12 +79,12 @@ def collect_inputs(inputs: Sequence[Path]) -> list[Path]:
         elif item.is_file():
             found.append(item)
         else:
-            raise UpscaleCLIError(
+            raise UsageError(
                 f"input {item} does not exist; pass image files ({', '.join(IMAGE_EXTENSIONS)}) or folders"
             )
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
-        raise UpscaleCLIError(
+        raise UsageError(
             f"no images found in {', '.join(map(str, inputs))} (extensions {', '.join(IMAGE_EXTENSIONS)})"
         )
     return unique
@@ -108,120 +97,111 @@ def output_path(src: Path, out_dir: Path) -> Path:
 
 
 def plan_outputs(sources: Sequence[Path], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; two inputs that would write the same output file raise ``UpscaleCLIError``."""
+    """(input, output) pairs; two inputs that would write the same output file raise ``UsageError``."""
     seen: dict[Path, Path] = {}
     pairs = []
     for src in sources:
         dst = output_path(src, out_dir)
         if dst in seen:
-            raise UpscaleCLIError(
-                f"{seen[dst]} and {src} would both be written to {dst}; rename one or upscale them into different --out folders"
+            raise UsageError(
+                f"{seen[dst]} and {src} would both be written to {dst}; rename one or upscale them into "
+                "different --out folders"
             )
         seen[dst] = src
         pairs.append((src, dst))
     return pairs
 
 
-def build_upscaler(args: argparse.Namespace):  # noqa: ANN201 - returns difiisr.inference.Upscaler (lazy import)
-    """The Upscaler chosen by exactly one of ``--model-dir``, ``--unet-ckpt`` (+``--vae-ckpt``), ``--random-init``."""
+def build_upscaler(args: argparse.Namespace, workdir: str):  # noqa: ANN201 - (Upscaler, model ref, version)
+    """The Upscaler chosen by exactly one of ``--model``, ``--unet-ckpt`` (+``--vae-ckpt``), ``--random-init``,
+    with the model reference and registry version to record."""
     from difiisr.inference.upscaler import Upscaler
 
     sources = [
         name
         for name, given in (
-            ("--model-dir", args.model_dir is not None),
+            ("--model", args.model is not None),
             ("--unet-ckpt", args.unet_ckpt is not None),
             ("--random-init", args.random_init),
         )
         if given
     ]
     if not sources:
-        raise UpscaleCLIError(
-            "no model weights given: pass --model-dir DIR (a trained model folder), or --unet-ckpt F "
-            "(plus --vae-ckpt F for the latent x4 preset), or --random-init for random weights (demos only)"
+        raise UsageError(
+            "no model weights given: pass --model DIR|URI (a trained model folder or MLflow URI), or --unet-ckpt "
+            "F (plus --vae-ckpt F for the latent x4 preset), or --random-init for random weights (demos only)"
         )
     if len(sources) > 1:
-        raise UpscaleCLIError(f"{' and '.join(sources)} both choose the weights; pass only one of them")
-    if args.model_dir is not None:
+        raise UsageError(f"{' and '.join(sources)} both choose the weights; pass only one of them")
+    if args.model is not None:
         if args.preset is not None or args.vae_ckpt is not None:
-            raise UpscaleCLIError("--model-dir carries its own preset and weights; drop --preset/--vae-ckpt")
-        import tempfile
+            raise UsageError("--model carries its own preset and weights; drop --preset/--vae-ckpt")
+        from difiisr.registry.resolve import resolve_model
 
-        from difiisr.registry.resolve import model_folder
-
-        with tempfile.TemporaryDirectory(prefix="difiisr-model-") as tmp:
-            return Upscaler.from_folder(model_folder(args.model_dir, tmp), device=args.device)
+        resolved = resolve_model(args.model, workdir)
+        return (
+            Upscaler.from_folder(resolved.require_folder(), device=args.device),
+            resolved.uri or args.model,
+            resolved.version,
+        )
     preset = args.preset or "x4"
     if args.random_init:
         if args.vae_ckpt is not None:
-            raise UpscaleCLIError("--random-init does not load checkpoints; drop --vae-ckpt")
+            raise UsageError("--random-init does not load checkpoints; drop --vae-ckpt")
         logger.warning("using RANDOM weights (--random-init): the outputs are not super-resolved images")
-        return Upscaler.from_random(preset, seed=args.seed, device=args.device)
-    return Upscaler.from_checkpoints(preset, args.unet_ckpt, args.vae_ckpt, device=args.device)
+        seed = args.inference_seed or 0
+        return Upscaler.from_random(preset, seed=seed, device=args.device), f"random-init:{preset}", None
+    return (
+        Upscaler.from_checkpoints(preset, args.unet_ckpt, args.vae_ckpt, device=args.device),
+        str(args.unet_ckpt),
+        None,
+    )
+
+
+def plan_items(pairs: Sequence[tuple[Path, Path]], out_dir: Path) -> list[BatchItem]:
+    """The batch pipeline's items for (input file, output file) pairs: each input read from its folder, every
+    output written into ``out_dir`` and recording the input's file name."""
+    from difiisr.inference.batch_pipeline import BatchItem
+    from difiisr.storage.store import LocalStore
+    from difiisr.storage.uri import parse_location
+
+    target = LocalStore(parse_location(out_dir))
+    sources: dict[Path, LocalStore] = {}
+    items = []
+    for src, dst in pairs:
+        source = sources.setdefault(src.parent, LocalStore(parse_location(src.parent)))
+        items.append(BatchItem(src.name, source, src.name, target, dst.name))
+    return items
 
 
 def run(args: argparse.Namespace) -> int:
-    """Upscale every input; 0 when all succeeded, 1 when some inputs failed, 2 on a usage/model error."""
-    from difiisr.config import ConfigError
-    from difiisr.inference.upscaler import UpscaleError
-    from difiisr.io import ImageReadError, read_image, write_image
-    from difiisr.models.bundle import ModelFolderError
-    from difiisr.models.checkpoint import CheckpointError
-    from difiisr.registry.resolve import ModelReferenceError
+    """Upscale every input; ``ExitCode.OK``, ``FAILURES`` when some inputs failed, ``USAGE`` for bad flags/model.
 
-    try:
+    The loop is the batch job's (``inference.batch_pipeline.run_items``) with the "refuse" policy: outputs made
+    differently stop the run before any work unless ``--overwrite`` is given.
+    """
+    from difiisr.inference.batch_pipeline import Engine, run_items
+    from difiisr.inference.settings import InferenceSettings
+    from difiisr.storage.overlap import check_disjoint
+
+    with tempfile.TemporaryDirectory(prefix="difiisr-model-") as workdir:
+        settings = InferenceSettings.from_args(args)
+        check_disjoint(args.out, args.inputs)
         pairs = plan_outputs(collect_inputs(args.inputs), args.out)
-        todo = [(src, dst) for src, dst in pairs if args.overwrite or not dst.exists()]
-        skipped = len(pairs) - len(todo)
-        upscaler = build_upscaler(args) if todo else None
-    except (
-        UpscaleCLIError,
-        UpscaleError,
-        ModelFolderError,
-        ModelReferenceError,
-        CheckpointError,
-        ConfigError,
-        OSError,
-    ) as exc:
-        print(f"difiisr upscale: error: {exc}", file=sys.stderr)
-        return 2
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    done, failed = 0, 0
-    start = time.perf_counter()
-    for src, dst in tqdm(todo, desc="upscale", unit="img", disable=not todo):
-        assert upscaler is not None
-        try:
-            image = read_image(src)
-            sr = upscaler.upscale_array(
-                image.pixels,
-                sampler=args.sampler,
-                steps=args.steps,
-                seed=args.seed,
-                tile=args.tile or None,
-                tile_overlap=args.tile_overlap,
-                batch=args.batch,
-                progress=True,
-            )
-            record = {
-                "source": src.name,
-                "model": str(args.model_dir or args.unet_ckpt or "random-init"),
-                "preset": upscaler.preset.name,
-                "sampler": args.sampler,
-                "steps": str(args.steps or upscaler.diffusion(args.steps).num_timesteps),
-                "seed": str(args.seed),
-            }
-            write_image(dst, sr, text=record)
-            done += 1
-        except (ImageReadError, UpscaleError, ValueError) as exc:
-            failed += 1
-            logger.error("%s: %s", src, exc)
-        except Exception as exc:  # keep going for the other inputs; the summary and exit code report it
-            failed += 1
-            logger.exception("%s: unexpected failure: %s", src, exc)
-    elapsed = time.perf_counter() - start
-    print(
-        f"upscaled {done} image(s), skipped {skipped} existing, {failed} failed -> {args.out} "
-        f"({elapsed:.1f} s, sampler {args.sampler}, seed {args.seed})"
+        upscaler, model_ref, version = build_upscaler(args, workdir)
+        engine = Engine.create(upscaler, model_ref, settings, version)
+    counts = run_items(
+        plan_items(pairs, args.out),
+        engine,
+        overwrite=args.overwrite,
+        stale="refuse",
+        progress=not args.no_progress,
+        total=len(pairs),
     )
-    return 1 if failed else 0
+    print(
+        f"upscaled {counts.done} image(s), skipped {counts.skipped} existing, {counts.failed} failed -> {args.out} "
+        f"({counts.elapsed_s:.1f} s; model {model_ref} digest {upscaler.digest}; {settings.describe()})"
+    )
+    if counts.failed:
+        print(f"difiisr upscale: {counts.failed} input(s) failed (see the log above)", file=sys.stderr)
+    return ExitCode.FAILURES if counts.failed else ExitCode.OK

@@ -1,12 +1,10 @@
-"""``difiisr validate-data DIR [--pairs]``: run the data expectation suite; exit 1 when a rule is broken."""
+"""``difiisr validate-data DIR [--pairs]``: run the data expectation suite; a broken rule is a failure exit."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-HELP = "run the data expectation suite over images or pairs"
 
 
 def _positive(text: str) -> int:
@@ -31,23 +29,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sf", type=_positive, default=4, help="scale factor HR/LR for --pairs (default 4)")
     parser.add_argument(
-        "--report-dir", type=Path, default=None, help="where reports go (default DIR/_validation)"
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="where report.json/.md/.html go; never inside DIR (default: reports/validate-data/PATH under the "
+        "current directory, PATH = DIR relative to it, or DIR's absolute path without the leading /)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate, write report.json/.md/.html, print the summary; 0 = all rules hold, 1 = a rule broke, 2 = no data."""
-    from difiisr.data.validation import ValidationConfig, validate_images, validate_pairs, write_reports
+    """Validate, write report.json/.md/.html, print the summary with the reasons; returns an ``ExitCode``.
+
+    OK when every rule holds, FAILURES when a rule is broken, USAGE when DIR is not a folder (of pairs) or the
+    report folder would be inside DIR (nothing is written then).
+    """
+    from difiisr.data.validation import (
+        ValidationConfig,
+        report_dir_for,
+        validate_images,
+        validate_pairs,
+        write_reports,
+    )
+    from difiisr.errors import DifiisrError, ExitCode
 
     cfg = ValidationConfig(min_side=args.min_side, sf=args.sf)
     validate = validate_pairs if args.pairs else validate_images
     try:
+        report_dir = report_dir_for(args.dir, args.report_dir)
         result = validate(args.dir, cfg, progress=not args.no_progress)
+        reports = write_reports(result, report_dir)
+    except DifiisrError as exc:
+        print(f"validate-data: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
     except NotADirectoryError as exc:
         print(f"validate-data: {exc}", file=sys.stderr)
-        return 2
-    reports = write_reports(result, args.report_dir)
+        return int(ExitCode.USAGE)
     print(result.summary())
     print(f"reports: {', '.join(str(p) for p in reports)}")
-    return 0 if result.success else 1
+    return int(ExitCode.OK if result.success else ExitCode.FAILURES)

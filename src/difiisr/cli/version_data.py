@@ -1,33 +1,44 @@
-"""``difiisr version-data``: track data folders with DVC and push them to a local or S3 remote."""
+"""``difiisr version-data``: version data folders with DVC (add, push to a local or S3 remote, git commit)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``difiisr version-data``."""
     parser.add_argument("folders", nargs="+", metavar="FOLDER", help="data folders inside the workspace")
-    parser.add_argument("--workspace", required=True, help="DVC workspace (made a DVC project if it is not one)")
+    parser.add_argument(
+        "--workspace",
+        required=True,
+        help="git + DVC workspace (made one if it is not; its commits pin the data)",
+    )
     parser.add_argument("--remote", required=True, help="remote: a folder, or s3://BUCKET/PREFIX")
     parser.add_argument(
         "--endpoint-url",
-        default=os.environ.get("AWS_ENDPOINT_URL"),
-        help="S3 endpoint for S3-compatible stores (default $AWS_ENDPOINT_URL); credentials come from AWS_*",
+        default=None,
+        help="S3 endpoint for S3-compatible stores (default $AWS_ENDPOINT_URL; kept out of committed config); "
+        "credentials come from AWS_*",
+    )
+    parser.add_argument(
+        "--message", default=None, help="git commit message (default: 'data: version FOLDER...')"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Init, add, push; print one line per folder with its DVC md5."""
-    from difiisr.data.versioning import DataVersionError, init_workspace, track
+    """Add, push and commit; print one line per folder with its git rev and DVC md5."""
+    from difiisr.data.versioning import DataVersionError, track
+    from difiisr.errors import ExitCode
 
     try:
-        init_workspace(args.workspace, args.remote, endpoint_url=args.endpoint_url if "://" in args.remote else None)
-        versions = track(args.workspace, args.folders)
+        versions = track(
+            args.workspace, args.folders, args.remote, endpoint_url=args.endpoint_url, message=args.message
+        )
     except DataVersionError as exc:
         print(f"difiisr version-data: {exc}")
-        return 1
+        return int(exc.exit_code)
     for v in versions:
-        print(f"versioned {v.path}: md5 {v.md5}, {v.nfiles} files, {v.size} bytes -> {args.remote}")
-    return 0
+        print(
+            f"versioned {v.path} at rev {v.rev}: md5 {v.md5}, {v.n_files} files, {v.n_bytes} bytes -> {v.remote}"
+        )
+    return int(ExitCode.OK)

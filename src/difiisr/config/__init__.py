@@ -3,9 +3,12 @@
 from difiisr.config.loader import (
     ConfigError,
     apply_overrides,
+    blame,
     flatten,
     from_mapping,
+    load_config,
     load_yaml,
+    override_key,
     preset_path,
     to_mapping,
 )
@@ -13,9 +16,12 @@ from difiisr.config.loader import (
 __all__ = [
     "ConfigError",
     "apply_overrides",
+    "blame",
     "flatten",
     "from_mapping",
+    "load_config",
     "load_yaml",
+    "override_key",
     "preset_path",
     "to_mapping",
 ]

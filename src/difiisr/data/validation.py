@@ -5,6 +5,11 @@ Rules (each failure names the files that break it):
 ``not_constant``, and for pairs ``pairs_matched`` (hr/NAME <-> lr/NAME one to one), ``pair_width_sf`` /
 ``pair_height_sf`` (HR = sf x LR exactly), ``pair_bit_depth`` (16-bit HR gives 16-bit LR).
 Great Expectations runs in an ephemeral (in-memory) context; it is imported only when a suite runs.
+
+Reports go to a folder the caller names, or by default to ``reports/validate-data/PATH`` under the current
+directory, where PATH is the validated folder's path relative to the current directory (its absolute path without
+the leading '/' when it lies elsewhere): ``data/hr/train`` reports to ``reports/validate-data/data/hr/train``. A
+report folder is never inside the validated folder: validation only reads its input.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
+from difiisr.data.pairs import side_images
+from difiisr.errors import DifiisrError, ExitCode
 from difiisr.io import DEFAULT_MAX_PIXELS, ImageReadError, list_images, read_image
-from difiisr.storage import atomic_write_text
+from difiisr.storage import atomic_write_text, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 
-REPORT_DIRNAME = "_validation"
+#: Default report location, relative to the current directory: ``REPORTS_ROOT/PATH`` (see the module docstring).
+REPORTS_ROOT = Path("reports") / "validate-data"
 TABLE_COLUMNS = (
     "path",
     "readable",
@@ -44,8 +52,14 @@ TABLE_COLUMNS = (
 _INT_COLUMNS = ("width", "height", "channels", "bit_depth")
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(DifiisrError, RuntimeError):
     """The suite itself could not run (not a data failure): the message names the rule and the cause."""
+
+    exit_code = ExitCode.JOB_FAILED
+
+
+class ReportLocationError(DifiisrError, ValueError):
+    """The report folder would be inside the validated folder; the message names both and the flag to use."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,11 @@ class ValidationResult:
             shown = ", ".join(failure.files[:max_files])
             more = f" (+{len(failure.files) - max_files} more)" if len(failure.files) > max_files else ""
             lines.append(f"  {failure.rule} [{by_rule[failure.rule].description}]: {shown}{more}")
+        unreadable = self.table[~self.table["readable"]]
+        for path, reason in list(zip(unreadable["path"], unreadable["error"], strict=True))[:max_files]:
+            lines.append(f"    {path}: {reason}")
+        if len(unreadable) > max_files:
+            lines.append(f"    (+{len(unreadable) - max_files} more unreadable files, see the report)")
         return "\n".join(lines)
 
 
@@ -410,7 +429,7 @@ def _with_min_side(table: pd.DataFrame) -> pd.DataFrame:
 def validate_images(
     folder: str | os.PathLike[str], cfg: ValidationConfig | None = None, *, progress: bool = False
 ) -> ValidationResult:
-    """Run the image suite over the images directly in ``folder`` (not sub-folders such as ``_validation/``)."""
+    """Run the image suite over the images directly in ``folder`` (not its sub-folders)."""
     cfg = cfg or ValidationConfig()
     root = Path(folder)
     table = build_image_table(list_images(root), max_pixels=cfg.max_pixels, progress=progress)
@@ -426,13 +445,9 @@ def validate_pairs(
     """Run the image suite over ``pairs_dir/hr`` + ``pairs_dir/lr`` and the pair suite over their name join."""
     cfg = cfg or ValidationConfig()
     root = Path(pairs_dir)
-    for sub in ("hr", "lr"):
-        if not (root / sub).is_dir():
-            raise NotADirectoryError(
-                f"{root}: no {sub}/ folder; a pairs folder holds hr/NAME and lr/NAME images (written by `difiisr degrade`)"
-            )
-    hr = build_image_table(list_images(root / "hr"), max_pixels=cfg.max_pixels, progress=progress)
-    lr = build_image_table(list_images(root / "lr"), max_pixels=cfg.max_pixels, progress=progress)
+    hr_files, lr_files = side_images(root)  # PairsLayoutError (a NotADirectoryError) without hr/ or lr/
+    hr = build_image_table(hr_files, max_pixels=cfg.max_pixels, progress=progress)
+    lr = build_image_table(lr_files, max_pixels=cfg.max_pixels, progress=progress)
     table = pd.concat([hr.assign(role="hr"), lr.assign(role="lr")], ignore_index=True)
     pairs = build_pair_table(hr, lr, cfg.sf)
     context = _gx_context()
@@ -557,9 +572,35 @@ def report_html(result: ValidationResult, max_files: int = 50) -> str:
     )
 
 
+def report_dir_for(folder: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the reports of ``folder`` go: ``report_dir``, or ``REPORTS_ROOT/PATH`` (module docstring).
+
+    ``ReportLocationError`` when that folder is ``folder`` itself or inside it (the input is never written into).
+    """
+    source = Path(folder).resolve()
+    if report_dir is None:
+        cwd = Path.cwd().resolve()
+        key = source.relative_to(cwd) if source.is_relative_to(cwd) else Path(*source.parts[1:])
+        out = REPORTS_ROOT / key
+        fix = "run from another directory or pass --report-dir outside it"
+    else:
+        out = Path(report_dir)
+        fix = "pass a --report-dir outside it"
+    if out.resolve().is_relative_to(source):
+        raise ReportLocationError(
+            f"report folder {out.resolve()} is inside the validated folder {source}; validation never writes "
+            f"into its input: {fix}"
+        )
+    return out
+
+
 def write_reports(result: ValidationResult, report_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Write ``report.json``, ``report.md`` and ``report.html`` atomically (default ``FOLDER/_validation/``)."""
-    out = Path(report_dir) if report_dir is not None else result.folder / REPORT_DIRNAME
+    """Write ``report.json``, ``report.md`` and ``report.html`` atomically into ``report_dir_for(...)``.
+
+    Temp files of an interrupted earlier report write are removed first.
+    """
+    out = report_dir_for(result.folder, report_dir)
+    remove_stale_temp_files(out)
     return [
         atomic_write_text(out / "report.json", json.dumps(report_dict(result), indent=2) + "\n"),
         atomic_write_text(out / "report.md", report_markdown(result)),

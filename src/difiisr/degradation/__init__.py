@@ -1,15 +1,10 @@
 """Degradation synthesis: bicubic test protocol, seeded Real-ESRGAN second-order pipeline, pairs folders."""
 
+from difiisr.data.pairs import MANIFEST_NAME, PairsError
 from difiisr.degradation.bicubic import bicubic_downsample
 from difiisr.degradation.config import KERNEL_TYPES, RESIZE_MODES, RealESRGANConfig
 from difiisr.degradation.crop import CropParams, apply_crop, sample_crop
-from difiisr.degradation.pairs import (
-    MANIFEST_NAME,
-    PROTOCOLS,
-    DegradeSummary,
-    PairsError,
-    degrade_folder,
-)
+from difiisr.degradation.pairs import PROTOCOLS, DegradeSummary, SourceFailure, degrade_folder
 from difiisr.degradation.params import build_kernel, sample_params
 from difiisr.degradation.realesrgan import RealESRGANDegradation
 from difiisr.degradation.seeding import derive_seed, image_seeds
@@ -24,6 +19,7 @@ __all__ = [
     "PairsError",
     "RealESRGANConfig",
     "RealESRGANDegradation",
+    "SourceFailure",
     "apply_crop",
     "bicubic_downsample",
     "build_kernel",

@@ -4,12 +4,17 @@ Each takes any callable ``model(x_scaled (B,C,H,W), t (B,) int64, lq) -> (B,C,H,
 diffusion space (latent or pixel), ``(B,C,H,W)``, with no final clamp (the caller decodes and clamps). x0_hat
 inside the chain is clamped to [-1, 1] only when ``clip_x0`` says so (default: pixel space yes, latent never, as
 in the reference samplers). The prior noise comes from ``noise`` or ``generator``; the ancestral sampler also
-draws its per-step noise from ``generator``, so one seed gives identical samples.
+takes its per-step noise from ``step_noise`` or draws it from ``generator``, so one seed gives identical samples.
+
+``SAMPLERS`` maps each sampler name to a ``Sampler``: the function plus how many full-size noise tensors it
+consumes, so a caller (the tiled ``Upscaler``) can draw all noise once up front and call any sampler the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -79,20 +84,32 @@ def sample_ancestral(
     *,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
+    step_noise: Tensor | None = None,
     progress: bool = False,
     guidance: Guidance | None = None,
     clip_x0: bool | None = None,
 ) -> Tensor:
     """Ancestral sampling over all T steps: posterior mean + sqrt(var) noise (none at t = 0); ``(B,C,H,W)``.
 
-    After the prior, one noise tensor per step t = T-1..1 is drawn from ``generator`` (global RNG when None).
-    ``guidance`` (optional) is called once per step with (z_t, t, x0_hat) and returns the z_t to update from.
+    After the prior, step t = T-1..1 adds noise: ``step_noise[k]`` for the k-th of those steps when given
+    (``(T-1,B,C,H,W)`` standard normal, drawn up front, e.g. once for a whole tiled image), else a fresh draw from
+    ``generator`` (global RNG when None). ``guidance`` (optional) is called once per step with (z_t, t, x0_hat)
+    and returns the z_t to update from.
     """
+    steps_with_noise = diffusion.num_timesteps - 1
+    if step_noise is not None and (step_noise.ndim != zy.ndim + 1 or step_noise.shape[0] != steps_with_noise):
+        raise ValueError(
+            f"step_noise has shape {tuple(step_noise.shape)}; expected ({steps_with_noise}, "
+            f"{', '.join(map(str, zy.shape))}): one draw per step t = T-1..1"
+        )
 
     def step(x0_hat: Tensor, z_t: Tensor, t: Tensor, index: int) -> Tensor:
         if index == 0:
             return diffusion.ancestral_step(x0_hat, z_t, t, torch.zeros_like(z_t))
-        return diffusion.ancestral_step(x0_hat, z_t, t, draw_noise(z_t, generator))
+        if step_noise is None:
+            return diffusion.ancestral_step(x0_hat, z_t, t, draw_noise(z_t, generator))
+        drawn = step_noise[diffusion.num_timesteps - 1 - index].to(device=z_t.device, dtype=z_t.dtype)
+        return diffusion.ancestral_step(x0_hat, z_t, t, drawn)
 
     return _reverse_chain(
         model, diffusion, zy, lq, step, generator, noise, progress, guidance, clip_x0, "ancestral"
@@ -145,3 +162,59 @@ def _reverse_chain(
                 z = step(x0_hat, z, t, index)
             bar.update(1)
     return z
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A reverse-process sampler and the noise it consumes, callable with pre-drawn noise.
+
+    ``noise_per_step``: the sampler adds fresh noise at every step but the last (ancestral), so it needs
+    ``1 + (T-1) = T`` full-size draws; otherwise only the prior draw.
+    """
+
+    name: str
+    noise_per_step: bool
+    iterative: bool
+
+    def noise_draws(self, num_timesteps: int) -> int:
+        """How many ``(B,C,H,W)`` standard-normal tensors one call consumes for a T-step process."""
+        return num_timesteps if self.noise_per_step else 1
+
+    def __call__(
+        self,
+        model: Model,
+        diffusion: ResShiftDiffusion,
+        zy: Tensor,
+        lq: Any,
+        noise: Tensor,
+        *,
+        guidance: Guidance | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """x0 ``(B,C,H,W)`` from pre-drawn ``noise`` ``(noise_draws(T),B,C,H,W)``: [0] the prior, [k] step T-k."""
+        draws = self.noise_draws(diffusion.num_timesteps)
+        if noise.ndim != zy.ndim + 1 or noise.shape[0] != draws:
+            raise ValueError(
+                f"{self.name}: noise has shape {tuple(noise.shape)}; expected ({draws}, "
+                f"{', '.join(map(str, zy.shape))})"
+            )
+        if not self.iterative:
+            if guidance is not None:
+                raise ValueError("onestep sampling makes one network call; guidance needs ddim or ancestral")
+            return sample_onestep(model, diffusion, zy, lq, noise=noise[0])
+        if self.noise_per_step:
+            return sample_ancestral(
+                model, diffusion, zy, lq, noise=noise[0], step_noise=noise[1:], progress=progress,
+                guidance=guidance,
+            )  # fmt: skip
+        return sample_ddim(model, diffusion, zy, lq, noise=noise[0], progress=progress, guidance=guidance)
+
+
+#: Every sampler by name (read only).
+SAMPLERS: Mapping[str, Sampler] = types.MappingProxyType(
+    {
+        "onestep": Sampler("onestep", noise_per_step=False, iterative=False),
+        "ddim": Sampler("ddim", noise_per_step=False, iterative=True),
+        "ancestral": Sampler("ancestral", noise_per_step=True, iterative=True),
+    }
+)

@@ -1,5 +1,6 @@
 """Evaluation: PSNR/SSIM (BT.601 Y and direct), NIQE, LPIPS from local weights; reports; MLflow logging."""
 
+from difiisr.data.pairs import PairsError, dataset_md5, list_pairs
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.evaluate import (
     EvaluationError,
@@ -20,11 +21,9 @@ from difiisr.evaluation.metrics import (
     ssim_y,
 )
 from difiisr.evaluation.model_source import InferenceSettings, ModelSourceError, load_upscale_fn
-from difiisr.evaluation.pairs import EvalPair, PairsError, dataset_md5, list_pairs
 
 __all__ = [
     "METRIC_CONVENTIONS",
-    "EvalPair",
     "EvaluationError",
     "EvaluationResult",
     "InferenceSettings",

@@ -5,6 +5,7 @@ Outputs in ``out_dir`` (all written atomically):
 - ``per_image.csv``: one row per image and method (``bicubic`` first, then the model), one column per metric;
 - ``aggregate.json``: mean per metric per method, model minus bicubic, evaluation-set md5, number of images,
   the metric conventions in words, and what was not computed (and why);
+- ``metrics.json``: the same aggregate numbers flat (``mlflow_metrics`` keys), for ``dvc metrics show``;
 - ``report.html``: self-contained report (metrics table, crops bicubic | SR | HR, per-image table);
 - ``sr/NAME.png``: the model's SR images (lossless PNG, the LR's bit depth).
 """
@@ -23,11 +24,21 @@ import numpy as np
 from tqdm import tqdm
 
 from difiisr.data.fingerprint import MD5_DEFINITION
+from difiisr.data.pairs import dataset_md5, list_pairs
+from difiisr.errors import DifiisrError
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.lpips import LPIPSAlex, load_lpips_alex, lpips_distance, lpips_weights_from_env
 from difiisr.evaluation.metrics import HIGHER_IS_BETTER, METRIC_CONVENTIONS, niqe, psnr, psnr_y, ssim, ssim_y
-from difiisr.evaluation.pairs import dataset_md5, list_pairs
 from difiisr.evaluation.report import CropSet, make_crop_set, write_csv, write_html, write_json
+from difiisr.registry.names import (
+    ARTIFACT_EVALUATION,
+    RUN_TAG_EVAL_MD5,
+    RUN_TAG_EVAL_N_IMAGES,
+    RUN_TAG_EVAL_NAME,
+    RUN_TAG_EVAL_NOT_COMPUTED_PREFIX,
+    eval_metric_key,
+)
+from difiisr.storage import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,7 @@ SF: Final = 4
 BICUBIC: Final = "bicubic"
 CSV_NAME: Final = "per_image.csv"
 JSON_NAME: Final = "aggregate.json"
+METRICS_NAME: Final = "metrics.json"
 HTML_NAME: Final = "report.html"
 SR_DIRNAME: Final = "sr"
 BASE_METRICS: Final = ("psnr_y", "ssim_y", "psnr", "ssim", "niqe")
@@ -43,14 +55,11 @@ NEEDS_WEIGHTS: Final = {
     "musiq": "not computed: needs local weights (MUSIQ KonIQ); none are bundled",
 }
 LPIPS_NO_WEIGHTS: Final = "not computed: no weights (pass --lpips-weights FILE or set DIFIISR_LPIPS_WEIGHTS)"
-MLFLOW_PREFIX: Final = "eval/"
-MLFLOW_ARTIFACT_DIR: Final = "evaluation"
-RUN_TAG_EVAL_MD5: Final = "eval_md5"
 
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(DifiisrError, RuntimeError):
     """An evaluation cannot proceed (bad pair sizes, model output of the wrong size); the message names the image."""
 
 
@@ -138,6 +147,9 @@ def evaluate_pairs(
     pairs = list_pairs(pairs_root)
     md5 = dataset_md5(pairs_root)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / SR_DIRNAME):
+        for stale in remove_stale_temp_files(folder):
+            log.info("removed %s, left by an interrupted earlier run", stale)
 
     weight_files = lpips_weights_from_env(
         None
@@ -204,7 +216,7 @@ def evaluate_pairs(
     json_path = write_json(out / JSON_NAME, summary)
     html_path = write_html(out / HTML_NAME, summary, rows, crop_sets)
     log.info("evaluated %d pairs (md5 %s) -> %s", len(pairs), md5, out)
-    return EvaluationResult(
+    result = EvaluationResult(
         name=methods[-1],
         out_dir=out,
         csv_path=csv_path,
@@ -220,16 +232,18 @@ def evaluate_pairs(
         not_computed=not_computed,
         rows=tuple(rows),
     )
+    write_json(out / METRICS_NAME, mlflow_metrics(result))
+    return result
 
 
 def mlflow_metrics(result: EvaluationResult) -> dict[str, float]:
-    """The finite aggregate numbers as MLflow metric keys: ``eval/<m>``, ``eval/bicubic_<m>``, ``eval/delta_<m>``."""
-    out: dict[str, float] = {f"{MLFLOW_PREFIX}n_images": float(result.n_images)}
+    """The finite aggregate numbers as MLflow metric keys (``registry.names.eval_metric_key``)."""
+    out: dict[str, float] = {eval_metric_key("n_images"): float(result.n_images)}
     for metric in result.metric_names:
         if len(result.methods) > 1:
-            out[f"{MLFLOW_PREFIX}{metric}"] = result.means[result.methods[-1]][metric]
-            out[f"{MLFLOW_PREFIX}delta_{metric}"] = result.deltas[metric]
-        out[f"{MLFLOW_PREFIX}{BICUBIC}_{metric}"] = result.means[BICUBIC][metric]
+            out[eval_metric_key(metric)] = result.means[result.methods[-1]][metric]
+            out[eval_metric_key(metric, method="delta")] = result.deltas[metric]
+        out[eval_metric_key(metric, method="bicubic")] = result.means[BICUBIC][metric]
     return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
 
@@ -259,13 +273,13 @@ def _log_to_run(result: EvaluationResult, run_id: str) -> str:
     metrics = [Metric(k, v, ts, 0) for k, v in mlflow_metrics(result).items()]
     tags = [
         RunTag(RUN_TAG_EVAL_MD5, result.dataset_md5),
-        RunTag("eval_name", result.name),
-        RunTag("eval_n_images", str(result.n_images)),
-        *(RunTag(f"eval_not_computed.{k}", v) for k, v in result.not_computed.items()),
+        RunTag(RUN_TAG_EVAL_NAME, result.name),
+        RunTag(RUN_TAG_EVAL_N_IMAGES, str(result.n_images)),
+        *(RunTag(f"{RUN_TAG_EVAL_NOT_COMPUTED_PREFIX}{k}", v) for k, v in result.not_computed.items()),
     ]
     client.log_batch(run_id, metrics=metrics, tags=tags)
     for path in (result.csv_path, result.json_path, result.html_path):
-        client.log_artifact(run_id, str(path), artifact_path=MLFLOW_ARTIFACT_DIR)
+        client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_EVALUATION)
     log.info(
         "logged evaluation (%d metrics, md5 %s) to MLflow run %s", len(metrics), result.dataset_md5, run_id
     )

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from difiisr.errors import DifiisrError
+
 LPIPS_ENV: Final = "DIFIISR_LPIPS_WEIGHTS"
 _RELU_ENDS: Final = (2, 5, 8, 10, 12)  # AlexNet features[0:2], [2:5], [5:8], [8:10], [10:12]
 _CHANNELS: Final = (64, 192, 384, 256, 256)
@@ -34,7 +36,7 @@ _SHIFT: Final = (-0.030, -0.088, -0.188)
 _SCALE: Final = (0.458, 0.448, 0.450)
 
 
-class LPIPSWeightsError(ValueError):
+class LPIPSWeightsError(DifiisrError, ValueError):
     """LPIPS weight files are missing, unreadable or incomplete; the message names the file(s) and the fix."""
 
 

@@ -30,6 +30,8 @@ from typing import Final
 import numpy as np
 from scipy.ndimage import correlate1d
 
+from difiisr.errors import DifiisrError
+
 log = logging.getLogger(__name__)
 
 # BT.601 luma weights for RGB in [0,1] -> Y in [16/255, 235/255] (their sum is exactly 219).
@@ -64,7 +66,7 @@ HIGHER_IS_BETTER: Final[dict[str, bool]] = {
 }
 
 
-class MetricInputError(ValueError):
+class MetricInputError(DifiisrError, ValueError):
     """Images given to a metric have the wrong shape, dtype or size; the message says which and the fix."""
 
 

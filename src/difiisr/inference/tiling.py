@@ -16,13 +16,15 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+from difiisr.errors import DifiisrError
+
 T = TypeVar("T")
 
 #: Gaussian sigma of the blending weights as a fraction of the tile side (edge weight exp(-12.5) ~ 4e-6).
 DEFAULT_SIGMA_FRACTION = 0.1
 
 
-class TilingError(ValueError):
+class TilingError(DifiisrError, ValueError):
     """Tile size, overlap or image geometry that cannot be tiled; the message says which value to change."""
 
 

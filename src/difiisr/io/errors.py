@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from difiisr.errors import DifiisrError
 
-class ImageReadError(Exception):
+
+class ImageReadError(DifiisrError):
     """An image file cannot be used; ``str()`` names the file and the reason.
 
     Attributes: ``path`` (the file, a ``Path``) and ``reason`` (a short human sentence, with the fix

@@ -21,6 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from difiisr.errors import DifiisrError
 from difiisr.models.preset import ModelPreset, preset_from_mapping
 from difiisr.storage import atomic_path, atomic_write_text
 
@@ -29,7 +30,7 @@ UNET_FILE = "unet.safetensors"
 AUTOENCODER_FILE = "autoencoder.safetensors"
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(DifiisrError, ValueError):
     """A model folder is missing a file or is inconsistent; the message names the folder and the fix."""
 
 

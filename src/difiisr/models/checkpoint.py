@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from difiisr.config import ConfigError, from_mapping, load_yaml
+from difiisr.errors import DifiisrError
 from difiisr.models.swin_unet import SwinUNet, SwinUNetConfig
 from difiisr.models.vqgan import VQGANConfig, VQGANf4
 from difiisr.storage import atomic_path
@@ -40,7 +41,7 @@ LIST_LIMIT = 10  # keys shown per category in a mismatch message
 Signature = dict[str, tuple[int, ...]]
 
 
-class CheckpointError(Exception):
+class CheckpointError(DifiisrError):
     """A weights file cannot be read or does not fit the network; the message names the file and the fix."""
 
 

@@ -33,14 +33,13 @@ from difiisr.registry.names import (
     TAG_DECISION,
     TAG_EVAL_MD5,
     TAG_REASON,
+    TAG_REPLACED,
     TAG_ROLLED_BACK,
     RegistryError,
 )
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = frozenset({"niqe", "lpips", "musiq_rank"})
-TAG_REPLACED = "promotion.replaced"
 _MAX_RETRIES = 5
 
 
@@ -92,9 +91,20 @@ def _metric(mv: Any, metric: str, *, baseline: bool = False) -> float | None:
     return None if value is None else float(value)
 
 
+def _higher_is_better(metric: str) -> bool:
+    """The metric's direction from the one table (``difiisr.evaluation.metrics.HIGHER_IS_BETTER``)."""
+    from difiisr.evaluation.metrics import HIGHER_IS_BETTER
+
+    if metric not in HIGHER_IS_BETTER:
+        raise RegistryError(
+            f"metric {metric!r} has no known direction; promote on one of {', '.join(sorted(HIGHER_IS_BETTER))}"
+        )
+    return HIGHER_IS_BETTER[metric]
+
+
 def _gain(metric: str, new: float, ref: float) -> float:
     """Improvement of ``new`` over ``ref`` (positive is better) for the metric's direction."""
-    return (ref - new) if metric in LOWER_IS_BETTER else (new - ref)
+    return (new - ref) if _higher_is_better(metric) else (ref - new)
 
 
 def _set_alias(client: Any, name: str, alias: str, version: str, attempts: int = 6) -> None:
@@ -198,7 +208,7 @@ def _converge(client: Any, name: str, metric: str, eval_md5: str) -> str | None:
         approved.append(current)
     if not approved:
         return str(current.version) if current else None
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    sign = 1.0 if _higher_is_better(metric) else -1.0
     best = max(approved, key=lambda mv: (sign * _metric(mv, metric), -int(str(mv.version))))
     if current is None or str(best.version) != str(current.version):
         log.warning(
@@ -226,6 +236,7 @@ def promote(
     client: Any | None = None,
 ) -> Decision:
     """Promote the challenger (or ``version``) to champion when it beats the champion/baseline by ``min_delta``."""
+    _higher_is_better(metric)  # an unknown metric is refused before anything is read or written
     c = _client(client)
     if version is None:
         chal = _alias_version(c, name, ALIAS_CHALLENGER)

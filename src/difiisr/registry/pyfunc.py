@@ -2,8 +2,10 @@
 
 Input: ``uint8`` array ``(N,H,W)`` (grey, the infrared default) or ``(N,H,W,3)`` (RGB), one signature per
 registered model (``channels`` at logging time). Output: ``uint8`` of the same form, x4 in H and W.
-Inference parameters travel in ``params``: ``sampler`` (onestep|ddim|ancestral), ``steps`` (0 = the preset's),
-``seed``, ``tile`` (0 = no tiling), ``tile_overlap``, ``batch``.
+Inference parameters travel in ``params``: the fields of ``difiisr.inference.settings.InferenceSettings`` with its
+defaults (``sampler``, ``steps`` (0 = the preset's), ``seed``, ``tile`` (0 = no tiling), ``tile_overlap``,
+``batch``, ``precision``). The serving device comes from the ``DIFIISR_DEVICE`` environment variable (``auto``,
+``cpu``, ``cuda``, ``cuda:N``; default ``auto``), which ``difiisr serve --device`` sets.
 
 The model is logged "from code" (``model_code.py``), so nothing is pickled: loading needs ``difiisr`` installed.
 The weights travel as the model-folder artifact ``model_dir`` (safetensors + model.yaml).
@@ -17,21 +19,19 @@ from typing import Any
 
 import numpy as np
 
+from difiisr.inference.settings import InferenceSettings
+from difiisr.registry.names import ARTIFACT_PYFUNC_MODEL, PYFUNC_ARTIFACT_KEY
+
 MODEL_CODE = Path(__file__).with_name("model_code.py")
-ARTIFACT_KEY = "model_dir"
-DEFAULT_PARAMS: dict[str, Any] = {
-    "sampler": "onestep",
-    "steps": 0,
-    "seed": 0,
-    "tile": 0,
-    "tile_overlap": 16,
-    "batch": 4,
-}
+ARTIFACT_KEY = PYFUNC_ARTIFACT_KEY
+#: Environment variable choosing the serving device of the pyfunc model.
+DEVICE_ENV = "DIFIISR_DEVICE"
 
 
 def upscale_batch(upscaler: Any, images: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-    """Upscale a ``(N,H,W)`` or ``(N,H,W,3)`` uint8 batch with ``upscaler`` and merged ``params``; same form x4."""
-    p = {**DEFAULT_PARAMS, **(params or {})}
+    """Upscale a ``(N,H,W)`` or ``(N,H,W,3)`` uint8 batch with ``upscaler`` and ``params`` (InferenceSettings
+    fields; missing ones take the defaults); returns the same form x4."""
+    settings = InferenceSettings.from_params(params)
     arr = np.asarray(images)
     if arr.dtype != np.uint8:
         raise ValueError(f"model input must be uint8, got {arr.dtype}; send 8-bit pixel values 0..255")
@@ -39,15 +39,8 @@ def upscale_batch(upscaler: Any, images: np.ndarray, params: dict[str, Any] | No
         arr = arr[None]
     if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3):
         raise ValueError(f"model input must be (N,H,W) grey or (N,H,W,3) RGB uint8, got shape {arr.shape}")
-    kwargs = {
-        "sampler": str(p["sampler"]),
-        "steps": int(p["steps"]) or None,
-        "seed": int(p["seed"]),
-        "tile": int(p["tile"]) or None,
-        "tile_overlap": int(p["tile_overlap"]),
-        "batch": int(p["batch"]),
-    }
-    outs = [upscaler.upscale_array(img, **kwargs) for img in arr]
+    upscaler.check(settings)
+    outs = upscaler.upscale_arrays(list(arr), settings)
     return np.stack(outs).astype(np.uint8, copy=False)
 
 
@@ -61,7 +54,7 @@ def make_python_model() -> Any:
         def load_context(self, context: Any) -> None:
             from difiisr.inference import Upscaler
 
-            device = os.environ.get("DIFIISR_DEVICE", "auto")
+            device = os.environ.get(DEVICE_ENV, "auto")
             self._upscaler = Upscaler.from_folder(context.artifacts[ARTIFACT_KEY], device=device)
 
         def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow infers schemas from hints
@@ -77,15 +70,9 @@ def signature_for(channels: int = 1) -> Any:
 
     shape = (-1, -1, -1) if channels == 1 else (-1, -1, -1, 3)
     tensor = Schema([TensorSpec(np.dtype(np.uint8), shape)])
+    kinds = {str: "string", int: "long", float: "double", bool: "boolean"}
     params = ParamSchema(
-        [
-            ParamSpec("sampler", "string", DEFAULT_PARAMS["sampler"]),
-            ParamSpec("steps", "long", DEFAULT_PARAMS["steps"]),
-            ParamSpec("seed", "long", DEFAULT_PARAMS["seed"]),
-            ParamSpec("tile", "long", DEFAULT_PARAMS["tile"]),
-            ParamSpec("tile_overlap", "long", DEFAULT_PARAMS["tile_overlap"]),
-            ParamSpec("batch", "long", DEFAULT_PARAMS["batch"]),
-        ]
+        [ParamSpec(key, kinds[type(value)], value) for key, value in InferenceSettings().to_params().items()]
     )
     return ModelSignature(inputs=tensor, outputs=tensor, params=params)
 
@@ -97,7 +84,7 @@ def input_example(channels: int = 1, size: int = 16) -> np.ndarray:
     return img[None]
 
 
-def log_upscaler_model(model_dir: str | Path, *, channels: int = 1, name: str = "model") -> Any:
+def log_upscaler_model(model_dir: str | Path, *, channels: int = 1, name: str = ARTIFACT_PYFUNC_MODEL) -> Any:
     """Log a model folder as a pyfunc model into the active MLflow run; returns MLflow's ``ModelInfo``."""
     import mlflow
 

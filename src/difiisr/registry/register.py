@@ -17,22 +17,22 @@ from typing import Any
 
 from difiisr.registry.names import (
     ALIAS_CHALLENGER,
+    ARTIFACT_MODEL_FOLDER,
+    EVAL_METRIC_PREFIX,
     METRIC_TAG_PREFIX,
+    RUN_TAG_CODE_VERSION,
+    RUN_TAG_DATASET_MD5,
+    RUN_TAG_EVAL_MD5,
     TAG_CODE_VERSION,
     TAG_CONFIG_HASH,
     TAG_DATASET_MD5,
     TAG_EVAL_MD5,
     TAG_PRESET,
+    TAG_RUN_ID,
     RegistryError,
 )
 
 log = logging.getLogger(__name__)
-
-MODEL_FOLDER_ARTIFACT = "model_folder"
-EVAL_METRIC_PREFIX = "eval/"
-RUN_TAG_DATASET_MD5 = "dataset.md5"
-RUN_TAG_CODE_VERSION = "code_version"
-RUN_TAG_EVAL_MD5 = "eval_md5"
 
 
 def config_hash(preset_mapping: dict[str, Any]) -> str:
@@ -63,7 +63,7 @@ def register_run(
     name: str,
     *,
     channels: int = 1,
-    artifact_path: str = MODEL_FOLDER_ARTIFACT,
+    artifact_path: str = ARTIFACT_MODEL_FOLDER,
     client: Any | None = None,
 ) -> Any:
     """Log the run's model folder as a pyfunc model, register it under ``name`` and alias it ``challenger``.
@@ -122,7 +122,7 @@ def register_run(
         TAG_CODE_VERSION: run.data.tags.get(RUN_TAG_CODE_VERSION, ""),
         TAG_CONFIG_HASH: config_hash(preset.to_dict()),
         TAG_PRESET: preset.name,
-        "run_id": run_id,
+        TAG_RUN_ID: run_id,
     }
     tags.update(metric_tags)
     for key, value in tags.items():

@@ -15,7 +15,8 @@ from difiisr.training.config import (
     load_train_config,
 )
 from difiisr.training.ema import EMA
-from difiisr.training.loop import TrainError, TrainResult, train
+from difiisr.training.loop import TrainResult, train
+from difiisr.training.setup import TrainError
 
 __all__ = [
     "EMA",

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from difiisr.config import ConfigError, apply_overrides, from_mapping, load_yaml, preset_path, to_mapping
+from difiisr.config import ConfigError, load_config, preset_path, to_mapping
+from difiisr.inference.settings import InferenceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +42,24 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.gt_size <= 0 or self.gt_size % 4:
-            raise ConfigError(f"data.gt_size={self.gt_size}: must be a positive multiple of 4 (the x4 scale)")
+            raise ConfigError(
+                f"data.gt_size={self.gt_size}: must be a positive multiple of 4 (the x4 scale)",
+                key="data.gt_size",
+            )
         if self.batch_size <= 0:
-            raise ConfigError(f"data.batch_size={self.batch_size}: must be >= 1 (the global batch per step)")
+            raise ConfigError(
+                f"data.batch_size={self.batch_size}: must be >= 1 (the global batch per step)",
+                key="data.batch_size",
+            )
         if self.workers < 0:
-            raise ConfigError(f"data.workers={self.workers}: must be >= 0 (0 loads in the training process)")
+            raise ConfigError(
+                f"data.workers={self.workers}: must be >= 0 (0 loads in the training process)",
+                key="data.workers",
+            )
         if self.mode == "paired" and self.degradation:
             raise ConfigError(
-                "data.degradation is only used with data.mode=online; remove it or set mode: online"
+                "data.degradation is only used with data.mode=online; remove it or set mode: online",
+                key="data.degradation",
             )
 
 
@@ -69,17 +80,27 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise ConfigError(f"optim.lr={self.lr}: must be > 0 (the reference uses 5e-5)")
+            raise ConfigError(f"optim.lr={self.lr}: must be > 0 (the reference uses 5e-5)", key="optim.lr")
         if not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"optim.min_lr={self.min_lr}: must be in [0, optim.lr={self.lr}]")
+            raise ConfigError(
+                f"optim.min_lr={self.min_lr}: must be in [0, optim.lr={self.lr}]", key="optim.min_lr"
+            )
         if self.warmup_steps < 0:
-            raise ConfigError(f"optim.warmup_steps={self.warmup_steps}: must be >= 0")
+            raise ConfigError(
+                f"optim.warmup_steps={self.warmup_steps}: must be >= 0", key="optim.warmup_steps"
+            )
         if self.grad_accum < 1:
-            raise ConfigError(f"optim.grad_accum={self.grad_accum}: must be >= 1")
+            raise ConfigError(f"optim.grad_accum={self.grad_accum}: must be >= 1", key="optim.grad_accum")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"optim.grad_clip={self.grad_clip}: must be > 0, or null to disable clipping")
+            raise ConfigError(
+                f"optim.grad_clip={self.grad_clip}: must be > 0, or null to disable clipping",
+                key="optim.grad_clip",
+            )
         if not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"optim.betas={list(self.betas)}: both must be in [0, 1), e.g. [0.9, 0.999]")
+            raise ConfigError(
+                f"optim.betas={list(self.betas)}: both must be in [0, 1), e.g. [0.9, 0.999]",
+                key="optim.betas",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +127,17 @@ class ValidationConfig:
 
     def __post_init__(self) -> None:
         if self.n_images < 1:
-            raise ConfigError(f"validation.n_images={self.n_images}: must be >= 1")
+            raise ConfigError(f"validation.n_images={self.n_images}: must be >= 1", key="validation.n_images")
+        self.settings()  # a sampler/steps combination inference would refuse is refused here, at load time
+
+    def settings(self) -> InferenceSettings:
+        """The ``InferenceSettings`` validation samples with (the shared defaults for everything not set here)."""
+        from difiisr.inference.settings import SettingsError
+
+        try:
+            return InferenceSettings(sampler=self.sampler, steps=self.steps, seed=self.seed)
+        except SettingsError as exc:
+            raise ConfigError(f"validation: {exc}", key="validation.steps") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,14 +165,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay={self.ema_decay}: must be in [0, 1) (the reference uses 0.999)")
+            raise ConfigError(
+                f"ema_decay={self.ema_decay}: must be in [0, 1) (the reference uses 0.999)", key="ema_decay"
+            )
         for key in ("max_steps", "log_every", "save_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be >= 1")
+                raise ConfigError(f"{key}={getattr(self, key)}: must be >= 1", key=key)
         if self.val_every < 0:
-            raise ConfigError(f"val_every={self.val_every}: must be >= 0 (0 validates only at the end)")
+            raise ConfigError(
+                f"val_every={self.val_every}: must be >= 0 (0 validates only at the end)", key="val_every"
+            )
         if not self.out_dir:
-            raise ConfigError("out_dir is empty; set out_dir to the folder for checkpoints and the model")
+            raise ConfigError(
+                "out_dir is empty; set out_dir to the folder for checkpoints and the model", key="out_dir"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping (YAML-serialisable) of this config."""
@@ -149,16 +186,13 @@ class TrainConfig:
 
 
 def load_train_config(path_or_name: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a training config from a YAML file or a shipped preset name (``train_tiny``), then apply overrides."""
+    """Load a training config from a YAML file or a shipped preset name (``train_tiny``), then apply overrides.
+
+    Errors name the file or the ``--set`` override at fault, and the key, separately.
+    """
     candidate = Path(path_or_name)
     if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
         path = candidate
     else:
         path = preset_path(str(path_or_name))
-    data = apply_overrides(load_yaml(path), overrides)
-    try:
-        return from_mapping(TrainConfig, data, str(path))
-    except ConfigError as exc:
-        if str(exc).startswith(str(path)):
-            raise
-        raise ConfigError(f"{path}: {exc}") from None
+    return load_config(TrainConfig, path, overrides)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from difiisr.data.pairs import PairsError, PairsLayoutError, list_pairs
+from difiisr.errors import DifiisrError
 from difiisr.io import image_to_tensor, list_images, read_image
 from difiisr.training.seeds import derive_seed
 
@@ -26,29 +28,21 @@ from difiisr.training.seeds import derive_seed
 SampleKey = tuple[int, int]
 
 
-class TrainDataError(ValueError):
+class TrainDataError(DifiisrError, ValueError):
     """The training data folder is missing, empty, inconsistent or too small; the message names it and the fix."""
 
 
 def pair_items(folder: str | Path) -> list[tuple[Path, Path]]:
     """``(hr, lr)`` file pairs of a pairs folder (``DIR/hr/NAME`` with ``DIR/lr/NAME``), sorted by name."""
-    root = Path(folder)
-    hr_dir, lr_dir = root / "hr", root / "lr"
-    if not hr_dir.is_dir() or not lr_dir.is_dir():
-        raise TrainDataError(
-            f"{root}: not a pairs folder (needs hr/ and lr/); make one with 'difiisr degrade' "
-            "or use data.mode=online with a folder of HR images"
+    try:
+        return [(pair.hr, pair.lr) for pair in list_pairs(folder)]
+    except PairsError as exc:
+        hint = (
+            "; or use data.mode=online with a folder of HR images"
+            if isinstance(exc, PairsLayoutError)
+            else ""
         )
-    hrs = list_images(hr_dir)
-    if not hrs:
-        raise TrainDataError(f"{hr_dir}: no images ({', '.join(('.png', '.tif', '.jpg'))}...); add HR images")
-    items = []
-    for hr in hrs:
-        lr = lr_dir / hr.name
-        if not lr.is_file():
-            raise TrainDataError(f"{lr}: missing LR for {hr}; re-run 'difiisr degrade' on {root}")
-        items.append((hr, lr))
-    return items
+        raise TrainDataError(f"{exc}{hint}") from None
 
 
 def hr_items(folder: str | Path) -> list[tuple[Path, None]]:

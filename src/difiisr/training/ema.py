@@ -14,7 +14,8 @@ class EMA:
 
     Floating-point parameters and buffers are averaged; integer buffers (e.g. ``relative_position_index``) are
     copied. The shadow is a full module (``.module``), frozen and in eval mode, used for validation and export.
-    Checkpointable: ``state_dict``/``load_state_dict`` (register it with ``accelerator.register_for_checkpointing``).
+    Training checkpoints store ``.module`` as safetensors and ``decay``/``num_updates`` as JSON
+    (``difiisr.training.checkpoint_format``); ``state_dict``/``load_state_dict`` give the same as one mapping.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:

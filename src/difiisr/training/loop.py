@@ -5,59 +5,50 @@ micro-batches. Everything random is drawn from seeds derived from ``(seed, what,
 (``difiisr.training.seeds``), so a resumed run repeats an uninterrupted one, and the diffusion noise and time step
 of a sample do not depend on which rank trains it.
 
-Only the main process writes files (``train_config.yaml``, ``metrics.jsonl``, checkpoint markers, validation
-grids, the exported model folder) and talks to MLflow; Accelerate's ``save_state`` additionally writes one
-``random_states_R.pkl`` per rank R into each checkpoint folder.
+Only the main process writes files (``train_config.yaml``, ``metrics.jsonl``, checkpoint folders, validation
+grids, the exported model folder) and talks to MLflow. Checkpoints hold safetensors and JSON only
+(``difiisr.training.checkpoint_format``); every rank reads them on resume.
+
+Reading order: ``train`` sets up a ``_TrainingRun`` from the parts in ``difiisr.training.setup`` (batch split,
+networks and optimizer, resume, data, tracking), whose ``run`` loops over micro-batches: ``_micro_step`` (conditioning, ``compute_losses``, backward),
+``_finish_step`` (scheduler, EMA, the global mean of the loss terms), then logging, validation and checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-import yaml
 from torch import nn
 from tqdm import tqdm
 
-from difiisr.config import flatten
-from difiisr.data.fingerprint import dataset_md5
+from difiisr.errors import ExitCode
 from difiisr.models.preset import ModelPreset, load_preset
-from difiisr.storage import atomic_write_text
+from difiisr.registry import names
+from difiisr.training.checkpoint_format import read_checkpoint, write_checkpoint
 from difiisr.training.checkpointing import (
-    EXIT_PREEMPTED,
     ResumeError,
     StopFlag,
     TrainingState,
+    checkpoint_folder,
     latest_checkpoint,
     list_checkpoints,
     next_checkpoint_number,
-    read_marker,
-    write_marker,
+    prune_checkpoints,
 )
 from difiisr.training.config import TrainConfig
-from difiisr.training.data import MicroBatchStream, PatchDataset, ResumableBatchSampler, hr_items, pair_items
-from difiisr.training.ema import EMA
-from difiisr.training.schedule import make_scheduler
+from difiisr.training.metrics import METRICS_FILE, MetricsLog, truncate_metrics
 from difiisr.training.seeds import derive_seed, generator_for
-from difiisr.training.tracking import MlflowTracker, NullTracker, code_version, tracking_uri
+from difiisr.training.setup import DataFeed, Geometry, Networks, TrainError, start_tracking
+from difiisr.training.tracking import NullTracker
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # the exported model folder under out_dir
-MODEL_ARTIFACT = "model_folder"  # its artifact path in the MLflow run (what `difiisr register` reads)
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "train_config.yaml"
-
-
-class TrainError(RuntimeError):
-    """Training cannot run with this configuration; the message names the key and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,74 +73,9 @@ class TrainResult:
     main_process: bool = True
 
     @property
-    def exit_code(self) -> int:
-        """Process exit code for the CLI: 0, or ``EXIT_PREEMPTED`` (75) after a SIGTERM."""
-        return EXIT_PREEMPTED if self.status == "preempted" else 0
-
-
-def bicubic_up(lr: torch.Tensor, sf: int) -> torch.Tensor:
-    """``(B,3,h,w)`` in [-1,1] -> ``(B,3,sf*h,sf*w)`` torch bicubic (not clamped), as the reference forms z_y."""
-    return F.interpolate(lr, scale_factor=sf, mode="bicubic", align_corners=False)
-
-
-def _lq_for(preset: ModelPreset, lr: torch.Tensor, up: torch.Tensor, x_size: int) -> torch.Tensor | None:
-    """The LQ image at the size the network wants: ``x_size * lq_size / image_size`` (LR itself or bicubic-up)."""
-    unet = preset.unet
-    if not unet.cond_lq:
-        return None
-    ratio = 1 if unet.lq_size is None else unet.lq_size // unet.image_size
-    want = x_size * ratio
-    for cand in (lr, up):
-        if cand.shape[-1] == want:
-            return cand
-    return F.interpolate(lr, size=(want, want), mode="bicubic", align_corners=False)
-
-
-def _check_sizes(cfg: TrainConfig, preset: ModelPreset, multiple: int) -> int:
-    """Spatial size of the diffusion variable for ``gt_size`` crops; raises ``TrainError`` when it does not fit."""
-    gt = cfg.data.gt_size
-    x_size = gt // preset.sf if preset.latent else gt
-    if gt % preset.sf or x_size % multiple:
-        unit = multiple * (preset.sf if preset.latent else 1)
-        raise TrainError(
-            f"data.gt_size={gt}: the {'latent' if preset.latent else 'pixel'} size {x_size} must be a multiple of "
-            f"{multiple} for preset {preset.name!r}; use a multiple of {unit} (e.g. {max(unit, gt // unit * unit)})"
-        )
-    return x_size
-
-
-def _build_networks(cfg: TrainConfig, preset: ModelPreset) -> tuple[nn.Module, nn.Module | None, int]:
-    """UNet (seeded init, optionally ``init_from``) and frozen autoencoder (latent presets); returns size multiple."""
-    from difiisr.models import load_checkpoint
-    from difiisr.models.swin_unet import SwinUNet
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        unet = SwinUNet(preset.unet)
-    if cfg.init_from:
-        path = Path(cfg.init_from)
-        if not path.is_file():
-            raise TrainError(
-                f"init_from={cfg.init_from}: file not found; give a released UNet checkpoint path"
-            )
-        load_checkpoint(unet, path, strict=True)
-        log.info("initialised the UNet from %s (strict)", path)
-    autoencoder = None
-    if preset.latent:
-        from difiisr.models.vqgan import VQGANf4
-
-        if not cfg.model.autoencoder_ckpt:
-            raise TrainError(
-                f"preset {preset.name!r} is latent: set model.autoencoder_ckpt to the VQGAN f4 weights "
-                "(e.g. autoencoder_vq_f4.pth)"
-            )
-        ae_path = Path(cfg.model.autoencoder_ckpt)
-        if not ae_path.is_file():
-            raise TrainError(f"model.autoencoder_ckpt={ae_path}: file not found")
-        autoencoder = VQGANf4(preset.autoencoder)
-        load_checkpoint(autoencoder, ae_path, strict=True)
-        autoencoder.eval().requires_grad_(False)
-    return unet, autoencoder, int(unet.size_multiple)
+    def exit_code(self) -> ExitCode:
+        """Process exit code for the CLI: ``ExitCode.OK``, or ``ExitCode.PREEMPTED`` after a SIGTERM."""
+        return ExitCode.PREEMPTED if self.status == "preempted" else ExitCode.OK
 
 
 def _sample_noise(
@@ -164,37 +90,24 @@ def _sample_noise(
     return torch.cat(ts), torch.stack(noises)
 
 
-class _Degrader:
-    """Online LR synthesis on the training device: the seeded Real-ESRGAN second-order pipeline.
+def compute_losses(
+    diffusion: Any,
+    unet: nn.Module,
+    z0: torch.Tensor,
+    zy: torch.Tensor,
+    lq: torch.Tensor | None,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The training losses of one micro-batch: the one place where loss terms are defined.
 
-    Image seeds are ``derive_seed(seed, "degrade", position)``: unique per sample, so the LR of a sample does not
-    depend on which rank or micro-step draws it (up to the batch-shared resize of ``resize_scope="batch"``).
+    ``z0``/``zy``: ``(B,C,H,W)`` target and degraded-input diffusion variables (latents or pixels in [-1,1]);
+    ``lq``: the LQ conditioning image or None; ``t``: ``(B,)`` int64 time steps; ``noise``: like ``z0``.
+    Returns 0-dim tensors: ``"loss"`` is backpropagated; every other key is a term logged alongside it
+    (window mean in ``metrics.jsonl`` and MLflow), e.g. a guidance loss added to ``"loss"`` with its weight.
     """
-
-    def __init__(self, overrides: dict[str, Any], sf: int, gt_size: int) -> None:
-        from difiisr.config import ConfigError, from_mapping
-        from difiisr.degradation import RealESRGANConfig, RealESRGANDegradation
-
-        settings = {"sf": sf, "gt_size": gt_size, **overrides}
-        config = from_mapping(RealESRGANConfig, settings, "data.degradation")
-        if config.sf != sf or config.gt_size != gt_size:
-            raise ConfigError(
-                f"data.degradation: sf={config.sf}, gt_size={config.gt_size} must equal the model's sf={sf} and "
-                f"data.gt_size={gt_size}; remove them from data.degradation"
-            )
-        if gt_size < config.min_side:
-            raise ConfigError(
-                f"data.gt_size={gt_size} is below the degradation's smallest HR side {config.min_side}; "
-                "raise data.gt_size"
-            )
-        self.sf = sf
-        self.degradation = RealESRGANDegradation(config)
-
-    def __call__(self, hr: torch.Tensor, positions: torch.Tensor, seed: int, levels: int) -> torch.Tensor:
-        """``(B,3,H,W)`` HR in [-1,1] -> ``(B,3,H/sf,W/sf)`` LR in [-1,1], rounded to ``levels`` steps."""
-        seeds = [derive_seed(seed, "degrade", int(p)) for p in positions.tolist()]
-        lr, _ = self.degradation((hr.float() + 1.0) * 0.5, seeds, levels=levels)
-        return lr.to(hr.device) * 2.0 - 1.0
+    out = diffusion.training_losses(unet, z0, zy, t, lq=lq, noise=noise)
+    return {names.METRIC_LOSS: out["loss"].mean()}
 
 
 def _reset_accelerate_state() -> None:
@@ -214,7 +127,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
     ``status="preempted"``. Works the same under ``accelerate launch`` with N processes.
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
 
     out_dir = Path(cfg.out_dir)
     existing = list_checkpoints(out_dir)
@@ -224,355 +136,301 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             "or choose a new out_dir"
         )
     preset = load_preset(cfg.model.preset, cfg.model.overrides)
+    if cfg.model.autoencoder_ckpt and not preset.latent:
+        raise TrainError(
+            f"model.autoencoder_ckpt={cfg.model.autoencoder_ckpt}: preset {preset.name!r} works in pixel space and "
+            "has no autoencoder; remove model.autoencoder_ckpt (or choose a latent preset)"
+        )
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
-        project_config=ProjectConfiguration(
-            project_dir=str(out_dir), automatic_checkpoint_naming=True, total_limit=cfg.keep_checkpoints
-        ),
     )
     try:
-        return _run(accelerator, cfg, preset, out_dir, resume=resume, stop_after=stop_after)
+        return _TrainingRun.start(accelerator, cfg, preset, out_dir, resume=resume).run(stop_after)
     finally:
         accelerator.end_training()
         _reset_accelerate_state()
 
 
-def _run(
-    accelerator: Any,
-    cfg: TrainConfig,
-    preset: ModelPreset,
-    out_dir: Path,
-    *,
-    resume: bool,
-    stop_after: int | None,
-) -> TrainResult:
-    device = accelerator.device
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    accum = cfg.optim.grad_accum
-    global_batch = cfg.data.batch_size
-    if global_batch % (world * accum):
-        raise TrainError(
-            f"data.batch_size={global_batch} (global) is not divisible by processes ({world}) x "
-            f"optim.grad_accum ({accum}); choose a multiple of {world * accum}"
-        )
-    micro_batch = global_batch // (world * accum)
+@dataclasses.dataclass
+class _TrainingRun:
+    """One ``train()`` call once set up (``start``): the step loop, logging, validation, checkpoints and export."""
 
-    # ---------------------------------------------------------------- model, optimizer, schedule, EMA
-    from difiisr.diffusion import ResShiftDiffusion
+    accelerator: Any
+    cfg: TrainConfig
+    preset: ModelPreset
+    out_dir: Path
+    geometry: Geometry
+    nets: Networks
+    data: DataFeed
+    state: TrainingState
+    tracker: NullTracker
+    tags: dict[str, Any]
+    metrics: MetricsLog
+    last_checkpoint: Path | None
+    validation: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    unet, autoencoder, multiple = _build_networks(cfg, preset)
-    x_size = _check_sizes(cfg, preset, multiple)
-    diffusion = ResShiftDiffusion(preset.diffusion)
-    ema = EMA(unet, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-    )
-    scheduler = make_scheduler(
-        optimizer, cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.schedule, cfg.optim.min_lr / cfg.optim.lr
-    )
-    if cfg.compile:
-        unet.compile()
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    ema.module.to(device)
-    if autoencoder is not None:
-        autoencoder.to(device)
-    state = TrainingState()
-    accelerator.register_for_checkpointing(ema, scheduler, state)
+    def __post_init__(self) -> None:
+        self.start_step = self.state.step
+        self._numbers = iter(range(next_checkpoint_number(self.out_dir), 1 << 62))
+        self._terms: dict[str, torch.Tensor] = {}  # loss-term sums over the micro-batches of the current step
+        self._grad_norm = torch.zeros(())
 
-    checkpoint = latest_checkpoint(out_dir) if resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        marker = read_marker(checkpoint) or {}
-        if marker.get("step") != state.step:
-            raise ResumeError(
-                f"{checkpoint}: marker step {marker.get('step')} != saved state step {state.step}"
+    @classmethod
+    def start(
+        cls, accelerator: Any, cfg: TrainConfig, preset: ModelPreset, out_dir: Path, *, resume: bool
+    ) -> _TrainingRun:
+        """Set up in order: batch split, networks and optimizer, resume, data, tracking and the metrics log."""
+        geometry = Geometry.of(accelerator, cfg)
+        nets = Networks.build(accelerator, cfg, preset)
+        state = TrainingState()
+        checkpoint = latest_checkpoint(out_dir) if resume else None
+        if checkpoint is not None:
+            state.load_state_dict(read_checkpoint(checkpoint, nets.checkpointed))
+            log.info(
+                "resumed from %s at step %d (epoch %d, batch %d)",
+                checkpoint,
+                state.step,
+                state.epoch,
+                state.batch,
             )
-        log.info(
-            "resumed from %s at step %d (epoch %d, batch %d)",
-            checkpoint,
-            state.step,
-            state.epoch,
-            state.batch,
+        elif resume:
+            log.info("no complete checkpoint in %s; starting from step 0", out_dir / "checkpoints")
+        data = DataFeed.open(cfg, preset, geometry, state, accelerator.device)
+        tracker, tags = NullTracker(), {}
+        if geometry.main:
+            tracker, tags = start_tracking(cfg, preset, out_dir, geometry, resume=resume)
+            truncate_metrics(out_dir / METRICS_FILE, state.step)
+        metrics = MetricsLog(
+            out_dir / METRICS_FILE if geometry.main else None, tracker, geometry.global_batch
         )
-    elif resume:
-        log.info("no complete checkpoint in %s; starting from step 0", out_dir / "checkpoints")
-    accelerator.project_configuration.iteration = next_checkpoint_number(out_dir)
-    start_step = state.step
-
-    # ---------------------------------------------------------------- data
-    train_dir = Path(cfg.data.train_dir)
-    items = pair_items(train_dir) if cfg.data.mode == "paired" else hr_items(train_dir)
-    dataset = PatchDataset(items, cfg.data.gt_size, preset.sf, cfg.data.hflip, cfg.seed)
-    sampler = ResumableBatchSampler(len(items), global_batch, micro_batch, world, rank, accum, cfg.seed)
-    if (state.epoch, state.batch) != sampler.position_of(state.step):
-        raise ResumeError(
-            f"saved data position (epoch {state.epoch}, batch {state.batch}) does not match step {state.step} "
-            f"with {len(items)} images and data.batch_size={global_batch}; the data or batch size changed"
-        )
-    stream = MicroBatchStream(dataset, sampler, cfg.data.workers, pin_memory=device.type == "cuda").iterate(
-        state.step
-    )
-    degrader = (
-        _Degrader(cfg.data.degradation, preset.sf, cfg.data.gt_size) if cfg.data.mode == "online" else None
-    )
-
-    # ---------------------------------------------------------------- tracking (main process only)
-    tracker: NullTracker = NullTracker()
-    tags: dict[str, Any] = {}
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        tags = {
-            "dataset.md5": dataset_md5(train_dir),
-            "dataset.name": train_dir.resolve().name,
-            "dataset.mode": cfg.data.mode,
-            "code_version": code_version(),
-            "preset": preset.name,
-            "num_processes": world,
-        }
-        if cfg.validation.dir:
-            tags["validation.md5"] = dataset_md5(cfg.validation.dir)
-        if cfg.mlflow.enabled:
-            tracker = MlflowTracker.start(
-                cfg.mlflow.experiment,
-                cfg.mlflow.run_name,
-                out_dir,
-                resume=resume,
-                uri=tracking_uri(),
-                parent_run_id=cfg.mlflow.parent_run_id,
-            )
-            params = flatten(cfg.to_dict())
-            params.update(
-                {"num_processes": world, "micro_batch": micro_batch, "preset.resolved": preset.name}
-            )
-            tracker.log_params(params)
-            tracker.set_tags(tags)
-    accelerator.wait_for_everyone()
-
-    # ---------------------------------------------------------------- the loop
-    raw_unet = accelerator.unwrap_model(unet)
-    latent_shape = (preset.unet.out_channels, x_size, x_size)
-    stop = StopFlag()
-    losses: list[float] = []
-    pending: list[torch.Tensor] = []
-    micro_losses: list[torch.Tensor] = []
-    grad_norm = torch.zeros(())
-    status: Literal["completed", "preempted", "stopped"] = "completed"
-    validation: dict[str, float] = {}
-    last_checkpoint = checkpoint
-    window_start, window_steps = time.perf_counter(), 0
-
-    def flush() -> None:
-        """Move the pending per-step losses (device tensors) into ``losses`` (one host sync)."""
-        if pending:
-            losses.extend(torch.stack(pending).float().cpu().tolist())
-            pending.clear()
-
-    def save() -> Path:
-        """``save_state`` on every rank, then the main process marks the folder complete."""
-        location = Path(accelerator.save_state())
         accelerator.wait_for_everyone()
-        if main:
-            write_marker(location, {**state.state_dict(), "num_processes": world, "seed": cfg.seed})
-        accelerator.wait_for_everyone()
+        return cls(
+            accelerator=accelerator,
+            cfg=cfg,
+            preset=preset,
+            out_dir=out_dir,
+            geometry=geometry,
+            nets=nets,
+            data=data,
+            state=state,
+            tracker=tracker,
+            tags=tags,
+            metrics=metrics,
+            last_checkpoint=checkpoint,
+        )
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def run(self, stop_after: int | None) -> TrainResult:
+        """Train to ``max_steps`` (or SIGTERM, or ``stop_after``); validate and export when complete."""
+        cfg, state = self.cfg, self.state
+        status: Literal["completed", "preempted", "stopped"] = "completed"
+        stop = StopFlag()
+        self.nets.unet.train()
+        progress = tqdm(
+            total=cfg.max_steps, initial=state.step, disable=not self.geometry.main, desc="train", unit="step"
+        )
+        with stop.installed():
+            try:
+                if state.step < cfg.max_steps:
+                    status = self._steps(stop, stop_after, progress)
+                self.metrics.flush()
+                progress.close()
+                model_dir = None
+                if status == "completed":
+                    self.validation = self._validate(state.step) or self.validation
+                    model_dir = self._export()
+                    self.accelerator.wait_for_everyone()
+                self.tracker.finish("KILLED" if status == "preempted" else "FINISHED")
+            except BaseException as exc:
+                progress.close()
+                self.tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                raise
+        return TrainResult(
+            out_dir=self.out_dir,
+            status=status,
+            start_step=self.start_step,
+            step=state.step,
+            losses=tuple(self.metrics.losses),
+            checkpoint=self.last_checkpoint,
+            model_dir=model_dir,
+            mlflow_run_id=self.tracker.run_id,
+            validation=self.validation,
+            num_processes=self.geometry.world,
+            main_process=self.geometry.main,
+        )
+
+    def _steps(
+        self, stop: StopFlag, stop_after: int | None, progress: tqdm
+    ) -> Literal["completed", "preempted", "stopped"]:
+        """Run optimizer steps until done, preempted or ``stop_after``; saves a checkpoint on the way out."""
+        cfg, state = self.cfg, self.state
+        for step, micro_index, micro in self.data.stream:
+            self._micro_step(step, micro_index, micro)
+            if not self.accelerator.sync_gradients:
+                continue
+            if micro_index != self.geometry.accum - 1:
+                raise RuntimeError(
+                    f"step {step}: optimizer stepped at micro-batch {micro_index} of {cfg.optim.grad_accum}"
+                )
+            lr_used, preempt = self._finish_step(step, stop.requested)
+            progress.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                self._log(lr_used, progress)
+            halt = stop_after is not None and state.step >= stop_after
+            done = state.step >= cfg.max_steps
+            if cfg.val_every and state.step % cfg.val_every == 0 and not done and not preempt:
+                self.validation = self._validate(state.step)
+            if state.step % cfg.save_every == 0 or preempt or halt or done:
+                self.last_checkpoint = self._save()
+            if preempt:
+                log.warning("stopped by %s at step %d; resume with --resume", stop.signal_name, state.step)
+                return "preempted"
+            if done:
+                return "completed"
+            if halt:
+                return "stopped"
+        raise RuntimeError("the micro-batch stream ended")  # MicroBatchStream never ends
+
+    # ------------------------------------------------------------------------------------------------ one step
+    def _conditioning(
+        self, micro: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(z0, zy, lq)`` of a micro-batch: HR and bicubic-upsampled LR (encoded for latent presets), LQ input;
+        the shared conditioning contract of training and inference (``difiisr.models.conditioning``)."""
+        device, nets = self.accelerator.device, self.nets
+        hr = micro["hr"].to(device, non_blocking=True)
+        if self.data.degrader is not None:
+            lr = self.data.degrader(hr, micro["position"], self.cfg.seed, int(micro["levels"].max()))
+        else:
+            lr = micro["lr"].to(device, non_blocking=True)
+        cuda = device.type == "cuda" and nets.autoencoder is not None
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            return nets.conditioner.training_pair(lr, hr)
+
+    def _micro_step(self, step: int, micro_index: int, micro: dict[str, torch.Tensor]) -> None:
+        """Forward and backward of one micro-batch; the optimizer steps after the last one of the step."""
+        accelerator, nets, cfg = self.accelerator, self.nets, self.cfg
+        # the global RNG (dropout, ...) restarts per micro-step: no RNG state is checkpointed
+        torch.manual_seed(derive_seed(cfg.seed, "global", self.geometry.rank, step, micro_index))
+        with accelerator.accumulate(nets.unet):
+            z0, zy, lq = self._conditioning(micro)
+            shape = (self.preset.unet.out_channels, nets.x_size, nets.x_size)
+            t, noise = _sample_noise(cfg.seed, micro["position"], shape, nets.diffusion.num_timesteps)
+            device = accelerator.device
+            terms = compute_losses(nets.diffusion, nets.unet, z0, zy, lq, t.to(device), noise.to(device))
+            accelerator.backward(terms[names.METRIC_LOSS])
+            for name, value in terms.items():
+                total = value.detach().float()
+                self._terms[name] = self._terms[name] + total if name in self._terms else total
+            if accelerator.sync_gradients:
+                clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
+                self._grad_norm = accelerator.clip_grad_norm_(nets.unet.parameters(), clip)
+            nets.optimizer.step()
+            nets.optimizer.zero_grad(set_to_none=True)
+
+    def _finish_step(self, step: int, stop_requested: bool) -> tuple[float, bool]:
+        """After the optimizer update: schedule, EMA, global mean loss terms, counters. Returns (lr used, preempt)."""
+        nets, g = self.nets, self.geometry
+        lr_used = nets.scheduler.get_last_lr()[0]
+        nets.scheduler.step()
+        nets.ema.update(nets.raw_unet)
+        names = list(self._terms)
+        packed = torch.stack([self._terms[n] / g.accum for n in names])
+        self._terms.clear()
+        preempt = stop_requested
+        if g.world > 1:
+            # one all-reduce per step: the global mean loss terms, and whether any rank got SIGTERM
+            flag = torch.tensor([1.0 if preempt else 0.0], device=packed.device)
+            total = self.accelerator.reduce(torch.cat([packed, flag]), reduction="sum")
+            packed, preempt = total[:-1] / g.world, bool(total[-1].item() > 0)
+        self.metrics.add_step(dict(zip(names, packed, strict=True)))
+        state = self.state
+        state.step = step + 1
+        state.epoch, state.batch = self.data.sampler.position_of(state.step)
+        state.samples += g.global_batch
+        return float(lr_used), preempt
+
+    # ------------------------------------------------------------------------------------------------ side work
+    def _log(self, lr_used: float, progress: tqdm) -> None:
+        """Write the metrics record of the window ending at this step (main process) and show it."""
+        extra = {names.METRIC_LR: lr_used, names.METRIC_GRAD_NORM: float(self._grad_norm)}
+        device = self.accelerator.device
+        if device.type == "cuda":
+            extra[names.METRIC_PEAK_MEM_GIB] = torch.cuda.max_memory_allocated(device) / 2**30
+        record = self.metrics.write(self.state.step, extra)
+        if self.geometry.main:
+            progress.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}")
+            log.info(
+                "step %d: loss %.5g lr %.3g grad_norm %.3g %.1f samples/s",
+                record["step"],
+                record["loss"],
+                record["lr"],
+                record["grad_norm"],
+                record["samples_per_s"],
+            )
+
+    def _save(self) -> Path:
+        """The main process writes the next checkpoint folder (marker last) and prunes old ones; all ranks wait."""
+        location = checkpoint_folder(self.out_dir, next(self._numbers))
+        self.accelerator.wait_for_everyone()
+        if self.geometry.main:
+            record = {**self.state.state_dict(), "num_processes": self.geometry.world, "seed": self.cfg.seed}
+            write_checkpoint(location, self.nets.checkpointed, record)
+            prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
         return location
 
-    def run_validation(step: int) -> dict[str, float]:
+    def _validate(self, step: int) -> dict[str, float]:
         """Validate the EMA model on the main process (others wait); returns the PSNR_Y metrics."""
+        cfg = self.cfg
         result: dict[str, float] = {}
-        if main and cfg.validation.dir:
+        if self.geometry.main and cfg.validation.dir:
             from difiisr.training.validation import validate
 
-            grid = out_dir / "validation" / f"grid_step_{step:07d}.png"
             res = validate(
-                preset,
-                ema.module,
-                autoencoder,
+                self.preset,
+                self.nets.ema.module,
+                self.nets.autoencoder,
                 cfg.validation.dir,
                 n_images=cfg.validation.n_images,
-                sampler=cfg.validation.sampler,
-                steps=cfg.validation.steps,
-                seed=cfg.validation.seed,
-                device=device,
-                grid_path=grid,
+                settings=cfg.validation.settings(),
+                device=self.accelerator.device,
+                grid_path=self.out_dir / "validation" / f"grid_step_{step:07d}.png",
             )
             result = res.metrics()
-            tracker.log_metrics(result, step)
+            self.tracker.log_metrics(result, step)
             if res.grid_path is not None:
-                tracker.log_artifact(res.grid_path, "validation")
-        accelerator.wait_for_everyone()
+                self.tracker.log_artifact(res.grid_path, names.ARTIFACT_VALIDATION)
+        self.accelerator.wait_for_everyone()
         return result
 
-    unet.train()
-    progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main, desc="train", unit="step")
-    with stop.installed():
-        try:
-            if state.step < cfg.max_steps:
-                for step, micro_index, micro in stream:
-                    hr = micro["hr"].to(device, non_blocking=True)
-                    if degrader is not None:
-                        lr = degrader(hr, micro["position"], cfg.seed, int(micro["levels"].max()))
-                    else:
-                        lr = micro["lr"].to(device, non_blocking=True)
-                    with accelerator.accumulate(unet):
-                        up = bicubic_up(lr, preset.sf)
-                        if autoencoder is not None:
-                            with (
-                                torch.no_grad(),
-                                torch.autocast(
-                                    device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
-                                ),
-                            ):
-                                z = autoencoder.encode(torch.cat([hr, up])).float()
-                            z0, zy = z.chunk(2)
-                        else:
-                            z0, zy = hr, up
-                        lq = _lq_for(preset, lr, up, x_size)
-                        t, noise = _sample_noise(
-                            cfg.seed, micro["position"], latent_shape, diffusion.num_timesteps
-                        )
-                        out = diffusion.training_losses(
-                            unet, z0, zy, t.to(device), lq=lq, noise=noise.to(device)
-                        )
-                        loss = out["loss"].mean()
-                        accelerator.backward(loss)
-                        micro_losses.append(loss.detach())
-                        if accelerator.sync_gradients:
-                            clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
-                            grad_norm = accelerator.clip_grad_norm_(unet.parameters(), clip)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    if not accelerator.sync_gradients:
-                        continue
-                    if micro_index != accum - 1:
-                        raise RuntimeError(
-                            f"step {step}: optimizer stepped at micro-batch {micro_index} of {accum}"
-                        )
-                    lr_used = scheduler.get_last_lr()[0]
-                    scheduler.step()
-                    ema.update(raw_unet)
-                    step_loss = torch.stack(micro_losses).mean().float()
-                    micro_losses.clear()
-                    preempt = stop.requested
-                    if world > 1:
-                        # one all-reduce per step: the global mean loss, and whether any rank got SIGTERM
-                        flag = torch.tensor(1.0 if preempt else 0.0, device=device)
-                        packed = accelerator.reduce(torch.stack([step_loss, flag]), reduction="sum")
-                        step_loss, preempt = packed[0] / world, bool(packed[1].item() > 0)
-                    pending.append(step_loss)
-                    state.step = step + 1
-                    state.epoch, state.batch = sampler.position_of(state.step)
-                    state.samples += global_batch
-                    window_steps += 1
-                    progress.update(1)
+    def _export(self) -> Path:
+        """Write the EMA weights as a model folder ``OUT_DIR/model`` (main process) and log it to MLflow."""
+        from difiisr.models.bundle import save_model_folder
 
-                    if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                        flush()
-                        elapsed = max(time.perf_counter() - window_start, 1e-9)
-                        record = {
-                            "step": state.step,
-                            "loss": float(sum(losses[-window_steps:]) / window_steps),
-                            "lr": float(lr_used),
-                            "grad_norm": float(grad_norm),
-                            "samples_per_s": window_steps * global_batch / elapsed,
-                        }
-                        if device.type == "cuda":
-                            record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                        if main:
-                            tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, state.step)
-                            with open(out_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-                                fh.write(json.dumps(record) + "\n")
-                            progress.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}")
-                            log.info(
-                                "step %d: loss %.5g lr %.3g grad_norm %.3g %.1f samples/s",
-                                state.step,
-                                record["loss"],
-                                record["lr"],
-                                record["grad_norm"],
-                                record["samples_per_s"],
-                            )
-                        window_start, window_steps = time.perf_counter(), 0
-
-                    halt = stop_after is not None and state.step >= stop_after
-                    done = state.step >= cfg.max_steps
-                    if cfg.val_every and state.step % cfg.val_every == 0 and not done and not preempt:
-                        validation = run_validation(state.step)
-                    if state.step % cfg.save_every == 0 or preempt or halt or done:
-                        flush()
-                        last_checkpoint = save()
-                    if preempt:
-                        status = "preempted"
-                        log.warning(
-                            "stopped by %s at step %d; resume with --resume", stop.signal_name, state.step
-                        )
-                        break
-                    if done:
-                        break
-                    if halt:
-                        status = "stopped"
-                        break
-            flush()
-            progress.close()
-            model_dir = None
-            if status == "completed":
-                validation = run_validation(state.step) or validation
-                model_dir = _export(cfg, preset, ema, autoencoder, out_dir, state.step, tags, tracker, main)
-                accelerator.wait_for_everyone()
-            tracker.finish("KILLED" if status == "preempted" else "FINISHED")
-        except BaseException as exc:
-            progress.close()
-            tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-    return TrainResult(
-        out_dir=out_dir,
-        status=status,
-        start_step=start_step,
-        step=state.step,
-        losses=tuple(losses),
-        checkpoint=last_checkpoint,
-        model_dir=model_dir,
-        mlflow_run_id=tracker.run_id,
-        validation=validation,
-        num_processes=world,
-        main_process=main,
-    )
-
-
-def _export(
-    cfg: TrainConfig,
-    preset: ModelPreset,
-    ema: EMA,
-    autoencoder: nn.Module | None,
-    out_dir: Path,
-    step: int,
-    tags: dict[str, Any],
-    tracker: NullTracker,
-    main: bool,
-) -> Path:
-    """Write the EMA weights as a model folder ``OUT_DIR/model`` (main process) and log it to MLflow."""
-    from difiisr.models.bundle import save_model_folder
-
-    model_dir = out_dir / MODEL_DIR
-    if not main:
+        model_dir = self.out_dir / MODEL_DIR
+        if not self.geometry.main:
+            return model_dir
+        cfg, tags, step = self.cfg, self.tags, self.state.step
+        meta = {
+            "step": step,
+            "seed": cfg.seed,
+            "ema_decay": cfg.ema_decay,
+            "dataset_md5": tags.get(names.RUN_TAG_DATASET_MD5),
+            "dataset_name": tags.get(names.RUN_TAG_DATASET_NAME),
+            "code_version": tags.get(names.RUN_TAG_CODE_VERSION),
+            "mlflow_run_id": self.tracker.run_id,
+            "train_config": cfg.to_dict(),
+        }
+        autoencoder = self.nets.autoencoder
+        save_model_folder(
+            model_dir,
+            self.preset,
+            self.nets.ema.module.state_dict(),
+            autoencoder.state_dict() if autoencoder is not None else None,
+            meta=meta,
+        )
+        self.tracker.log_artifacts(model_dir, names.ARTIFACT_MODEL_FOLDER)
+        log.info("exported the EMA model (step %d) to %s", step, model_dir)
         return model_dir
-    meta = {
-        "step": step,
-        "seed": cfg.seed,
-        "ema_decay": cfg.ema_decay,
-        "dataset_md5": tags.get("dataset.md5"),
-        "dataset_name": tags.get("dataset.name"),
-        "code_version": tags.get("code_version"),
-        "mlflow_run_id": tracker.run_id,
-        "train_config": cfg.to_dict(),
-    }
-    save_model_folder(
-        model_dir,
-        preset,
-        ema.module.state_dict(),
-        autoencoder.state_dict() if autoencoder is not None else None,
-        meta=meta,
-    )
-    tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
-    log.info("exported the EMA model (step %d) to %s", step, model_dir)
-    return model_dir

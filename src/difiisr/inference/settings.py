@@ -1,0 +1,254 @@
+"""``InferenceSettings``: how a model turns LR into SR. One definition, one set of defaults, one validation.
+
+Every path that upscales takes these settings: ``difiisr upscale``, ``difiisr evaluate``, the MLflow pyfunc
+(``params``), training validation, the batch job and the pipelines. They convert to and from
+
+- CLI flags (``add_arguments`` / ``from_args``),
+- pyfunc / pipeline ``params`` (``to_params`` / ``from_params``: JSON scalars, ``0`` meaning "none" for
+  ``steps`` and ``tile``),
+- MLflow tags and output-file records (``to_record`` / ``from_record``: strings),
+
+and ``digest()`` names the settings that change output pixels (everything but ``batch``), so an output made
+with other settings is recognised as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
+
+from difiisr.errors import DifiisrError
+
+SamplerName = Literal["onestep", "ddim", "ancestral"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
+#: Device choices of every verb that runs a model (``auto`` = CUDA when available, else CPU; ``cuda:N`` also works).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+#: Prefix of the keys in MLflow tags and output-file records.
+RECORD_PREFIX = "inference."
+
+
+class SettingsError(DifiisrError, ValueError):
+    """Inference settings that cannot run (bad value or combination); the message names the field and the fix."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# Per field: CLI help, and whether 0 in params/CLI means None ("the preset's steps", "no tiling").
+_FIELD_DOC: dict[str, tuple[str, bool]] = {
+    "sampler": ("reverse process: onestep (one network call at the noisiest step), ddim or ancestral", False),
+    "steps": (
+        "respace ddim/ancestral to N steps (default and 0: the preset's steps; not with onestep)",
+        True,
+    ),
+    "seed": ("seed of all sampling noise (recorded with every output)", False),
+    "tile": ("tile side in LR pixels, rounded to the network's size multiple; 0 = never tile", True),
+    "tile_overlap": ("overlap of neighbouring tiles in LR pixels", False),
+    "batch": ("tiles (of one or several images) per network call; raise on a GPU", False),
+    "precision": ("compute precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU", False),
+}
+
+#: Fields that do not change output pixels (left out of ``digest``).
+_PERFORMANCE_ONLY = frozenset({"batch"})
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """How to upscale: sampler, steps, seed, tiling, batching and precision (validated on construction).
+
+    ``steps=None`` runs the preset's number of steps; ``onestep`` always runs at the trained schedule's noisiest
+    step, so it takes no ``steps``. ``tile=None`` never tiles; images no larger than ``tile`` are never tiled.
+    """
+
+    sampler: SamplerName = "onestep"
+    steps: int | None = None
+    seed: int = 0
+    tile: int | None = 256
+    tile_overlap: int = 32
+    batch: int = 1
+    precision: Precision = "auto"
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLER_NAMES:
+            raise SettingsError(f"sampler {self.sampler!r} is unknown; use one of {', '.join(SAMPLER_NAMES)}")
+        for name in ("steps", "seed", "tile", "tile_overlap", "batch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise SettingsError(f"{name}={value!r}: must be a whole number")
+        if self.steps is not None:
+            if self.sampler == "onestep":
+                raise SettingsError(
+                    f"steps={self.steps} with sampler onestep: one-step sampling always runs at the trained "
+                    "schedule's noisiest step, so it takes no steps; drop --steps, or use --sampler ddim/ancestral"
+                )
+            if self.steps < 1:
+                raise SettingsError(
+                    f"steps={self.steps}: must be >= 1 (or unset/0 for the preset's number of steps)"
+                )
+        if self.tile is not None and self.tile < 1:
+            raise SettingsError(f"tile={self.tile}: must be >= 1 LR pixel (or unset/0 for no tiling)")
+        if self.tile_overlap < 0:
+            raise SettingsError(f"tile_overlap={self.tile_overlap}: must be >= 0 LR pixels")
+        if self.tile is not None and self.tile_overlap >= self.tile:
+            raise SettingsError(
+                f"tile_overlap={self.tile_overlap} must be smaller than tile={self.tile}; lower --tile-overlap "
+                "or raise --tile"
+            )
+        if self.batch < 1:
+            raise SettingsError(f"batch={self.batch}: must be >= 1 (tiles per network call)")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(
+                f"precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
+            )
+
+    # ------------------------------------------------------------------ checks against a model
+
+    def check_steps(self, preset_steps: int) -> None:
+        """Raise ``SettingsError`` when ``steps`` exceeds the model's ``preset_steps`` (call before any work)."""
+        if self.steps is not None and self.steps > preset_steps:
+            raise SettingsError(
+                f"steps={self.steps}: this model's schedule has {preset_steps} steps; use 1..{preset_steps} "
+                "(or unset for all of them)"
+            )
+
+    # ------------------------------------------------------------------ conversions
+
+    def replace(self, **changes: Any) -> InferenceSettings:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_params(self) -> dict[str, Any]:
+        """JSON scalars for pyfunc/pipeline ``params``: ``steps``/``tile`` None become 0."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = 0 if value is None and _FIELD_DOC[f.name][1] else value
+        return out
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any] | None, base: InferenceSettings | None = None
+    ) -> InferenceSettings:
+        """Settings from ``params`` (missing keys keep ``base`` / the defaults); unknown keys are refused."""
+        start = base or cls()
+        if not params:
+            return start
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise SettingsError(
+                f"unknown inference parameter(s) {', '.join(unknown)}; accepted: {', '.join(names)}"
+            )
+        changes: dict[str, Any] = {}
+        for key, raw in params.items():
+            changes[key] = _parse_value(key, raw)
+        return dataclasses.replace(start, **changes)
+
+    def to_record(self) -> dict[str, str]:
+        """String form for MLflow tags and output-file records: ``inference.<field>`` plus ``inference.digest``."""
+        out = {f"{RECORD_PREFIX}{k}": str(v) for k, v in self.to_params().items()}
+        out[f"{RECORD_PREFIX}digest"] = self.digest()
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, str]) -> InferenceSettings:
+        """Inverse of ``to_record`` (keys without the prefix are ignored; a missing field keeps its default)."""
+        params = {
+            key[len(RECORD_PREFIX) :]: value
+            for key, value in record.items()
+            if key.startswith(RECORD_PREFIX) and key != f"{RECORD_PREFIX}digest"
+        }
+        return cls.from_params(params)
+
+    def digest(self) -> str:
+        """sha256 (hex, first 16) of the fields that change output pixels, in canonical JSON."""
+        fields = {k: v for k, v in self.to_params().items() if k not in _PERFORMANCE_ONLY}
+        blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """Short human form for summaries: ``onestep, seed 0, tile 256/32, batch 1, auto``."""
+        steps = "" if self.steps is None else f" {self.steps} steps,"
+        tile = "no tiling" if self.tile is None else f"tile {self.tile}/{self.tile_overlap}"
+        return f"{self.sampler},{steps} seed {self.seed}, {tile}, batch {self.batch}, {self.precision}"
+
+    # ------------------------------------------------------------------ command line
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser | Any, title: str = "sampling") -> None:
+        """Add one flag per field (``--sampler``, ``--steps``, ...) with the defaults of this class."""
+        group = parser.add_argument_group(title) if hasattr(parser, "add_argument_group") else parser
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            doc, zero_is_none = _FIELD_DOC[f.name]
+            default = getattr(defaults, f.name)
+            shown = 0 if default is None and zero_is_none else default
+            kwargs: dict[str, Any] = {"dest": f"inference_{f.name}", "default": None}
+            if f.name == "sampler":
+                kwargs["choices"] = SAMPLER_NAMES
+            elif f.name == "precision":
+                kwargs["choices"] = PRECISIONS
+            else:
+                kwargs["type"] = int
+                kwargs["metavar"] = "N"
+            group.add_argument(_flag(f.name), help=f"{doc} (default {shown})", **kwargs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> InferenceSettings:
+        """Settings from the flags added by ``add_arguments`` (unset flags keep the defaults).
+
+        On the command line ``--steps`` must be >= 1 (leave it out for the preset's steps); ``--tile 0`` means
+        "never tile", as in ``params``.
+        """
+        if getattr(args, "inference_steps", None) is not None and args.inference_steps < 1:
+            raise SettingsError(
+                f"--steps {args.inference_steps}: must be >= 1; leave --steps out to run the preset's steps"
+            )
+        params = {
+            f.name: getattr(args, f"inference_{f.name}")
+            for f in dataclasses.fields(cls)
+            if getattr(args, f"inference_{f.name}", None) is not None
+        }
+        return cls.from_params(params)
+
+
+def _parse_value(key: str, raw: Any) -> Any:
+    """One params/record value for field ``key``: strings are parsed, ``0``/``None`` mean None where allowed."""
+    zero_is_none = _FIELD_DOC[key][1]
+    if key in ("sampler", "precision"):
+        return str(raw)
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+        if zero_is_none:
+            return None
+        raise SettingsError(f"inference parameter {key} must be a whole number, got {raw!r}")
+    if isinstance(raw, bool):
+        raise SettingsError(f"inference parameter {key} must be a whole number, got {raw!r}")
+    try:
+        value = int(raw) if not isinstance(raw, float) or float(raw).is_integer() else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None:
+        raise SettingsError(f"inference parameter {key} must be a whole number, got {raw!r}")
+    if zero_is_none and value == 0:
+        return None
+    return value
+
+
+__all__ = [
+    "DEVICES",
+    "PRECISIONS",
+    "RECORD_PREFIX",
+    "SAMPLER_NAMES",
+    "InferenceSettings",
+    "Precision",
+    "SamplerName",
+    "SettingsError",
+]
