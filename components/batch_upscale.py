@@ -67,5 +67,7 @@ def batch_upscale(
         parent_run_id=parent_run_id,
     )
     for key in ("done", "skipped", "failed"):
-        summary.log_metric(key, float(result.get(key, 0)))
-    summary.metadata["report_uri"] = str(result.get("report_uri", ""))
+        summary.log_metric(key, float(getattr(result, key)))
+    summary.metadata.update(
+        {"report_uri": str(result.report_uri or ""), "model_version": str(result.model_version)}
+    )

@@ -12,8 +12,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from difiisr.errors import ExitCode
-from difiisr.evaluation.evaluate import HTML_NAME, MLFLOW_ARTIFACT_DIR, MLFLOW_PREFIX
+from difiisr.evaluation.evaluate import HTML_NAME
 from difiisr.registry.names import (
+    ARTIFACT_EVALUATION,
     LINEAGE_METRIC_BATCH,
     LINEAGE_TAG_BATCH_MODEL,
     LINEAGE_TAG_BATCH_REPORT,
@@ -25,8 +26,9 @@ from difiisr.registry.names import (
     LINEAGE_TAG_MODEL_NAME,
     LINEAGE_TAG_MODEL_RUN,
     LINEAGE_TAG_MODEL_VERSION,
-    LINEAGE_TAG_PROMOTION_OUTCOME,
-    LINEAGE_TAG_PROMOTION_REASON,
+    TAG_DECISION,
+    TAG_REASON,
+    eval_metric_key,
 )
 from pipelines import entry
 
@@ -64,13 +66,14 @@ def describe(parent_run_id: str, tracking_uri: str, output_uri: str | None) -> l
     evaluated = by_step.get("evaluate")
     if evaluated is not None:
         m = evaluated.metrics
-        model, base = m.get(f"{MLFLOW_PREFIX}{KEY_METRIC}"), m.get(f"{MLFLOW_PREFIX}bicubic_{KEY_METRIC}")
+        model = m.get(eval_metric_key(KEY_METRIC))
+        base = m.get(eval_metric_key(KEY_METRIC, method="bicubic"))
         if model is not None and base is not None:
             lines.append(
                 f"  evaluation: {KEY_METRIC} {model:.3f} dB vs bicubic {base:.3f} dB ({model - base:+.3f} dB) "
-                f"on {int(m.get(f'{MLFLOW_PREFIX}n_images', 0))} held-out pairs"
+                f"on {int(m.get(eval_metric_key('n_images'), 0))} held-out pairs"
             )
-        report = f"{evaluated.artifact_uri}/{MLFLOW_ARTIFACT_DIR}/{HTML_NAME}"
+        report = f"{evaluated.artifact_uri}/{ARTIFACT_EVALUATION}/{HTML_NAME}"
         lines.append(f"  report:     {_local_path(report)}")
     registered = by_step.get("register")
     if registered is not None:
@@ -82,8 +85,8 @@ def describe(parent_run_id: str, tracking_uri: str, output_uri: str | None) -> l
         )
     gate = by_step.get("promote")
     if gate is not None:
-        outcome = gate.tags.get(LINEAGE_TAG_PROMOTION_OUTCOME, "?")
-        lines.append(f"  promotion:  {outcome.upper()}: {gate.tags.get(LINEAGE_TAG_PROMOTION_REASON, '')}")
+        outcome = gate.tags.get(TAG_DECISION, "?")
+        lines.append(f"  promotion:  {outcome.upper()}: {gate.tags.get(TAG_REASON, '')}")
     shards = [s for s in steps if s.step.startswith("batch_upscale")]
     if shards:
         counts = {

@@ -12,7 +12,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from difiisr.lifecycle import lineage
 from difiisr.registry.names import (
-    LINEAGE_TAG_CODE_VERSION,
     LINEAGE_TAG_DATA_MD5,
     LINEAGE_TAG_KFP_ERROR,
     LINEAGE_TAG_KFP_RUN_ID,
@@ -20,6 +19,7 @@ from difiisr.registry.names import (
     LINEAGE_TAG_PIPELINE,
     LINEAGE_TAG_ROLE,
     LINEAGE_TAG_STEP,
+    RUN_TAG_CODE_VERSION,
 )
 
 
@@ -44,7 +44,7 @@ def test_one_parent_per_kfp_run(client: MlflowClient):
     assert tags[LINEAGE_TAG_ROLE] == "pipeline"
     assert tags[LINEAGE_TAG_PIPELINE] == "difiisr-train-eval"
     assert tags[LINEAGE_TAG_DATA_MD5] == "abc"
-    assert tags[LINEAGE_TAG_CODE_VERSION]
+    assert tags[RUN_TAG_CODE_VERSION]
     assert lineage.find_pipeline_run("exp", "kfp-1") == first
     assert lineage.find_pipeline_run("exp", "kfp-3") is None
     assert lineage.find_pipeline_run("no-such-experiment", "kfp-1") is None

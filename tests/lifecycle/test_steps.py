@@ -79,21 +79,6 @@ def test_resolved_train_config_keeps_run_ids_and_paths_as_strings(tmp_path: Path
     assert keep.max_steps == load_train_config("train_tiny").max_steps
 
 
-def test_evaluation_settings_from_pipeline_params():
-    settings = model_steps._evaluation_settings(
-        {"sampler": "ddim", "steps": 4, "seed": 2, "tile": None}, "cpu"
-    )
-    assert (settings.sampler, settings.steps, settings.seed, settings.tile, settings.device) == (
-        "ddim",
-        4,
-        2,
-        None,
-        "cpu",
-    )
-    with pytest.raises(Exception, match=r"\['tile_size'\] are not known"):
-        model_steps._evaluation_settings({"tile_size": 3}, "cpu")
-
-
 def test_require_splits_names_the_missing_split(tmp_path: Path):
     (tmp_path / "train").mkdir()
     with pytest.raises(data_steps.DatasetLayoutError, match=r"has no test/ folder.*train/ and test/"):

@@ -27,7 +27,7 @@ from difiisr.lifecycle.local import LocalSetup, SyntheticData, prepare_local
 from difiisr.registry.names import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
-    LINEAGE_TAG_CODE_VERSION,
+    LINEAGE_METRIC_BATCH,
     LINEAGE_TAG_DATA_MD5,
     LINEAGE_TAG_DATA_PATH,
     LINEAGE_TAG_DATA_REPO,
@@ -35,8 +35,10 @@ from difiisr.registry.names import (
     LINEAGE_TAG_KFP_STATE,
     LINEAGE_TAG_MODEL_VERSION,
     LINEAGE_TAG_PIPELINE_RUN,
+    RUN_TAG_CODE_VERSION,
     TAG_DECISION,
     TAG_EVAL_MD5,
+    eval_metric_key,
 )
 
 pytestmark = pytest.mark.slow
@@ -138,7 +140,7 @@ def test_gate_rejects_and_the_promotion_branch_is_skipped(local: LocalSetup, rej
     parent = client.get_run(rejected.parent)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags[LINEAGE_TAG_KFP_STATE] == "SUCCEEDED"
-    assert parent.data.tags[LINEAGE_TAG_CODE_VERSION]
+    assert parent.data.tags[RUN_TAG_CODE_VERSION]
     # the parent run carries the DVC identity of the data: md5, repository, path and the commit that pins it
     assert parent.data.tags[LINEAGE_TAG_DATA_MD5] == _dvc_md5(local)
     assert parent.data.tags[LINEAGE_TAG_DATA_REPO] == str(local.data_repo)
@@ -167,7 +169,7 @@ def test_gate_rejects_and_the_promotion_branch_is_skipped(local: LocalSetup, rej
     # the evaluation report (HTML with the crops) is a KFP artifact and an MLflow artifact
     (report,) = rejected.folder.glob("evaluate*/report")
     assert "<img" in report.read_text()
-    assert steps["evaluate"].metrics["eval/n_images"] == MICRO.n_test
+    assert steps["evaluate"].metrics[eval_metric_key("n_images")] == MICRO.n_test
     # what the local run prints at the end: where things are, and that nothing was upscaled
     from pipelines import summary
 
@@ -213,7 +215,7 @@ def test_gate_promotes_and_the_champion_upscales_the_incoming_frames(
     assert promoted.error is None
     shard = steps["batch_upscale"]
     assert shard.status == "FINISHED"
-    assert shard.metrics["batch.done"] == MICRO.n_incoming
+    assert shard.metrics[LINEAGE_METRIC_BATCH.format(status="done")] == MICRO.n_incoming
     incoming = sorted(p.stem for p in local.batch_input.iterdir())
     upscaled = sorted(p.stem for p in local.batch_output.iterdir() if not p.name.startswith(("_", ".")))
     assert set(incoming) <= set(upscaled)
@@ -231,6 +233,6 @@ def test_batch_pipeline_runs_once_locally_and_skips_what_is_done(local: LocalSet
     shards = [s for s in lineage.step_runs(run.parent) if s.step.startswith("batch_upscale")]
     assert sorted(s.step for s in shards) == ["batch_upscale.shard-0", "batch_upscale.shard-1"]
     # the champion already upscaled every frame with the same settings: both shards skip them all
-    assert sum(s.metrics["batch.done"] for s in shards) == 0
-    assert sum(s.metrics["batch.skipped"] for s in shards) == MICRO.n_incoming
+    assert sum(s.metrics[LINEAGE_METRIC_BATCH.format(status="done")] for s in shards) == 0
+    assert sum(s.metrics[LINEAGE_METRIC_BATCH.format(status="skipped")] for s in shards) == MICRO.n_incoming
     assert os.path.isdir(local.batch_output)

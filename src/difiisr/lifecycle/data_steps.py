@@ -218,8 +218,9 @@ def synthesize_degradations(
     suite (HR sides at least ``crop``). Seeds, settings and the per-pair manifests go to the step's MLflow run.
     """
     from difiisr.data.fingerprint import dataset_md5
+    from difiisr.data.pairs import MANIFEST_NAME, SETTINGS_NAME
     from difiisr.data.validation import ValidationConfig, validate_pairs
-    from difiisr.degradation.pairs import MANIFEST_NAME, SETTINGS_NAME, degrade_folder
+    from difiisr.degradation.pairs import degrade_folder
 
     hr, out = require_splits(hr_dir, "HR dataset"), Path(pairs_dir)
     jobs = {

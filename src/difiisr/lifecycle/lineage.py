@@ -18,13 +18,13 @@ from typing import Any
 from difiisr.errors import DifiisrError, ExitCode
 from difiisr.registry.names import (
     LINEAGE_DATA_TAG_PREFIX,
-    LINEAGE_TAG_CODE_VERSION,
     LINEAGE_TAG_KFP_ERROR,
     LINEAGE_TAG_KFP_RUN_ID,
     LINEAGE_TAG_KFP_STATE,
     LINEAGE_TAG_PIPELINE,
     LINEAGE_TAG_ROLE,
     LINEAGE_TAG_STEP,
+    RUN_TAG_CODE_VERSION,
 )
 from difiisr.training.tracking import MlflowTracker, code_version, tracking_uri
 
@@ -127,7 +127,7 @@ def pipeline_run(
                 LINEAGE_TAG_ROLE: ROLE_PIPELINE,
                 LINEAGE_TAG_PIPELINE: pipeline,
                 LINEAGE_TAG_KFP_RUN_ID: kfp_run_id,
-                LINEAGE_TAG_CODE_VERSION: code_version(),
+                RUN_TAG_CODE_VERSION: code_version(),
             },
         )
         run_id = run.info.run_id
@@ -181,7 +181,7 @@ def start_step_run(parent_run_id: str, step: str, *, client: Any | None = None) 
     parent = _parent(c, parent_run_id)
     run_id = _child_of(c, parent, step)
     if run_id is None:
-        tags = {**_step_tags(parent, step), LINEAGE_TAG_CODE_VERSION: code_version()}
+        tags = {**_step_tags(parent, step), RUN_TAG_CODE_VERSION: code_version()}
         run_id = c.create_run(parent.info.experiment_id, run_name=step, tags=tags).info.run_id
     else:
         c.update_run(run_id, status="RUNNING")

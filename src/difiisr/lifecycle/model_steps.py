@@ -234,21 +234,6 @@ def train(
     return TrainedModel(run_id, Path(model_dir), work, processes, max(1, num_nodes))
 
 
-def _evaluation_settings(inference: Mapping[str, Any], device: str) -> Any:
-    """Evaluation's inference settings from the pipeline's ``inference`` mapping (sampler, steps, seed, tile).
-
-    Until the one ``difiisr.inference.settings.InferenceSettings`` lands (issue 10), evaluation takes its own
-    settings class; then this becomes ``InferenceSettings.from_params(inference)``.
-    """
-    from difiisr.evaluation.model_source import InferenceSettings
-
-    known = {f.name for f in dataclasses.fields(InferenceSettings)} - {"device"}
-    unknown = sorted(set(inference) - known)
-    if unknown:
-        raise DifiisrError(f"inference settings {unknown} are not known to evaluation; use {sorted(known)}")
-    return InferenceSettings(**{k: v for k, v in inference.items() if v is not None}, device=device)
-
-
 def _finite(means: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in means.items() if math.isfinite(v)}
 
@@ -284,13 +269,14 @@ def evaluate(
     """
     from difiisr.evaluation.evaluate import BICUBIC, evaluate_pairs, log_to_mlflow
     from difiisr.evaluation.model_source import load_upscale_fn
+    from difiisr.inference.settings import InferenceSettings
 
     pairs = require_splits(pairs_dir, "pairs dataset")
-    settings = _evaluation_settings(inference, device)
+    settings = InferenceSettings.from_params(dict(inference))
     with step_run(parent_run_id, STEP_EVALUATE) as run:
-        run.log_params({f"inference.{k}": v for k, v in dataclasses.asdict(settings).items()})
+        run.log_params({**settings.to_record(), "device": device})
         with tempfile.TemporaryDirectory(prefix="difiisr-evaluate-") as workdir:
-            upscale, meta = load_upscale_fn(str(model_dir), settings, workdir)
+            upscale, meta = load_upscale_fn(str(model_dir), settings, workdir, device=device)
             meta = {**meta, "mlflow_run_id": model_run_id}
             result = evaluate_pairs(upscale, pairs / TEST, out_dir, name="model", progress=False, meta=meta)
         log_to_mlflow(result, run_id=model_run_id)

@@ -26,8 +26,8 @@ from difiisr.registry.names import (
     LINEAGE_TAG_MODEL_VERSION,
     LINEAGE_TAG_PIPELINE_RUN,
     LINEAGE_TAG_PROMOTION_CHAMPION,
-    LINEAGE_TAG_PROMOTION_OUTCOME,
-    LINEAGE_TAG_PROMOTION_REASON,
+    TAG_DECISION,
+    TAG_REASON,
 )
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ def promote(*, name: str, version: str, metric: str, min_delta: float, parent_ru
         )
         run.set_tags(
             {
-                LINEAGE_TAG_PROMOTION_OUTCOME: decision.outcome,
-                LINEAGE_TAG_PROMOTION_REASON: decision.reason,
+                TAG_DECISION: decision.outcome,
+                TAG_REASON: decision.reason,
                 LINEAGE_TAG_PROMOTION_CHAMPION: decision.champion or "",
             }
         )
@@ -196,12 +196,11 @@ def batch_upscale(
     inference: Mapping[str, Any],
     device: str,
     parent_run_id: str,
-) -> dict[str, Any]:
+) -> Any:
     """Upscale shard ``shard`` of ``shards`` of ``input_uri`` into ``output_uri`` (``difiisr.inference.batch``).
 
-    Returns the run summary (``BatchSummary.to_dict()``). Inputs that fail are reported (the summary, the run
-    report and this step's MLflow run) without failing the step; a job failure (model, storage) raises, so the
-    pipeline's retry policy applies.
+    Returns the ``BatchSummary``. Inputs that fail are counted (the summary, the run report and this step's MLflow
+    run) without failing the step; a job failure (model, storage) raises, so the pipeline's retry policy applies.
     """
     from difiisr.inference.batch import BatchJob, run_batch
     from difiisr.inference.settings import InferenceSettings
@@ -209,8 +208,17 @@ def batch_upscale(
     step = f"{STEP_BATCH}.shard-{shard}" if shards > 1 else STEP_BATCH
     with step_run(parent_run_id, step) as run:
         settings = InferenceSettings.from_params(dict(inference))
-        run.log_params({"model_uri": model_uri, "input_uri": input_uri, "output_uri": output_uri, "glob": glob,
-                        "shard": f"{shard}/{shards}", **{f"inference.{k}": v for k, v in settings.to_params().items()}})  # fmt: skip
+        run.log_params(
+            {
+                "model_uri": model_uri,
+                "input_uri": input_uri,
+                "output_uri": output_uri,
+                "glob": glob,
+                "shard": f"{shard}/{shards}",
+                "device": device,
+                **settings.to_record(),
+            }
+        )
         job = BatchJob(
             model=model_uri,
             input_uri=input_uri,
@@ -222,20 +230,21 @@ def batch_upscale(
             progress=False,
         )
         summary = run_batch(job)
-        result = summary.to_dict()
         counts = {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed}
         run.log_metrics({LINEAGE_METRIC_BATCH.format(status=k): v for k, v in counts.items()}, step=0)
         run.set_tags(
             {
                 LINEAGE_TAG_BATCH_MODEL: model_uri,
-                LINEAGE_TAG_BATCH_REPORT: str(summary.report_uri),
+                LINEAGE_TAG_BATCH_REPORT: str(summary.report_uri or ""),
                 LINEAGE_TAG_BATCH_EXIT: int(summary.exit_code),
             }
         )
         if summary.exit_code == ExitCode.JOB_FAILED:
             raise JobError(f"batch upscaling of {input_uri} failed; report: {summary.report_uri}")
         if summary.exit_code not in (ExitCode.OK, ExitCode.FAILURES):
-            raise DifiisrError(f"batch upscaling ended with exit code {int(summary.exit_code)}: {result}")
+            raise DifiisrError(
+                f"batch upscaling of {input_uri} ended with exit code {int(summary.exit_code)}"
+            )
     if summary.failed:
         log.warning("%d input(s) failed; see %s", summary.failed, summary.report_uri)
-    return result
+    return summary
