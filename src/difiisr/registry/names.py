@@ -105,7 +105,8 @@ LINEAGE_TAG_DATA_REV = "data.rev"
 LINEAGE_TAG_DATA_REMOTE = "data.remote"
 LINEAGE_TAG_DATA_FILES = "data.n_files"
 LINEAGE_TAG_DATA_BYTES = "data.n_bytes"
-LINEAGE_TAG_PIPELINE_RUN = "pipeline.run_id"  # on a model version: the parent run of the pipeline run that made it
+# On a model version: the MLflow parent run of the pipeline run that made it.
+LINEAGE_TAG_PIPELINE_RUN = "pipeline.run_id"
 # Child-run tags and metrics of the steps (read back by the local run's summary). The promote step's run also
 # carries TAG_DECISION and TAG_REASON, as the version does.
 LINEAGE_TAG_PAIRS_MD5 = "pairs.{split}.md5"  # synthesize_degradations: content md5 of pairs/SPLIT
