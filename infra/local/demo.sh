@@ -23,8 +23,8 @@ $DIFIISR synth-data --out "$D/hr/test" --n 4 --size 256x256 --bit-depth 8 --seed
 echo "== 2/8 validate HR frames"
 $DIFIISR validate-data "$D/hr/train" --report-dir "$D/reports/validate_hr_train"
 
-echo "== 3/8 degradation synthesis: Real-ESRGAN second order (train), bicubic protocol (test)"
-$DIFIISR degrade --hr "$D/hr/train" --out "$D/pairs/train" --protocol realesrgan --variants 2 --crop 256 --seed 1 --device cpu
+echo "== 3/8 degradation synthesis: bicubic protocol for train and test (the model is scored on bicubic LR)"
+$DIFIISR degrade --hr "$D/hr/train" --out "$D/pairs/train" --protocol bicubic --seed 0 --device cpu
 $DIFIISR degrade --hr "$D/hr/test" --out "$D/pairs/test" --protocol bicubic --seed 0 --device cpu
 
 echo "== 4/8 validate pairs"
@@ -38,7 +38,7 @@ $DIFIISR version-data --workspace "$D" --remote "$REMOTE" hr/train hr/test pairs
 echo "== 5/8 train the tiny pixel-space model (resumes if interrupted)"
 $DIFIISR train --config train_tiny --resume \
   --set data.train_dir="$D/pairs/train" --set validation.dir="$D/pairs/test" \
-  --set out_dir="$D/train" --set max_steps="${DEMO_STEPS:-300}"
+  --set out_dir="$D/train" --set max_steps="${DEMO_STEPS:-200}"
 RUN_ID=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$D/train/mlflow_run.json")
 
 echo "== 6/8 evaluate against bicubic on the test pairs (logged to run $RUN_ID)"
