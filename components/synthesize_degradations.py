@@ -14,9 +14,11 @@ def synthesize_degradations(
     seed: int,
     device: str,
     parent_run_id: str,
+    train_protocol: str,
     pairs: Output[Dataset],
 ):
-    """Write ``pairs/train`` (``variants`` seeded Real-ESRGAN crops per frame) and ``pairs/test`` (bicubic)."""
+    """Write ``pairs/train`` (``train_protocol``: ``variants`` seeded Real-ESRGAN crops per frame, or bicubic
+    whole frames) and ``pairs/test`` (bicubic)."""
     from difiisr.lifecycle.data_steps import synthesize_degradations as step
 
     outcome = step(
@@ -27,5 +29,6 @@ def synthesize_degradations(
         seed=seed,
         device=device,
         parent_run_id=parent_run_id,
+        train_protocol=train_protocol,
     )
     pairs.metadata.update(outcome.metadata())

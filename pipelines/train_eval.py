@@ -59,6 +59,7 @@ def train_eval(
     num_gpus: int = 1,
     num_nodes: int = 1,
     seed: int = 0,
+    train_protocol: str = "bicubic",
     degradation_variants: int = 2,
     crop: int = 256,
     model_name: str = "difiisr-x4",
@@ -77,7 +78,9 @@ def train_eval(
 
     Data: ``dataset_path`` (a DVC-tracked folder with ``train/`` and ``test/`` HR frames) at git
     ``dataset_rev`` of ``dataset_repo`` (empty: the working tree), read from ``dvc_remote`` (empty: the
-    repository's remote). Training: ``preset`` (plus ``training_overrides``, ``KEY=VALUE``) for ``training_steps`` (0: the preset's) on ``num_nodes`` x
+    repository's remote). Training pairs: ``train_protocol`` ``bicubic`` (whole frames, the protocol of the test
+    pairs: the tiny default preset's recipe) or ``realesrgan`` (``degradation_variants`` random ``crop`` crops per
+    frame: real-world models such as ``train_x4``). Training: ``preset`` (plus ``training_overrides``, ``KEY=VALUE``) for ``training_steps`` (0: the preset's) on ``num_nodes`` x
     ``num_gpus``. Gate: ``promotion_metric`` must beat the champion (or bicubic) by ``promotion_margin``.
     Then ``batch_input_uri`` is upscaled into ``batch_output_uri`` by the champion over ``batch_shards`` pods.
     """
@@ -109,6 +112,7 @@ def train_eval(
                 seed=seed,
                 device="cpu",
                 parent_run_id=parent,
+                train_protocol=train_protocol,
             ).after(checked),
             cpu="4",
             memory="16Gi",

@@ -12,7 +12,6 @@ run's batch step fails, and the tests that need it fail with a message saying so
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -59,10 +58,6 @@ TRAIN_STEPS = (
     "register",
     "promote",
 )
-BATCH_MISSING = (
-    "difiisr.inference.batch is not importable: the batch-upscaling library (issue 11) has not landed, so the "
-    "promotion branch's batch_upscale step cannot run; this test passes once it exists"
-)
 
 
 @dataclasses.dataclass
@@ -72,10 +67,6 @@ class PipelineRun:
     parent: str
     folder: Path
     error: str | None
-
-
-def _batch_library_present() -> bool:
-    return importlib.util.find_spec("difiisr.inference.batch") is not None
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +201,6 @@ def test_gate_promotes_and_the_champion_upscales_the_incoming_frames(
     assert str(client.get_model_version_by_alias("difiisr-x4", ALIAS_CHAMPION).version) == version
     assert client.get_model_version("difiisr-x4", version).tags[TAG_DECISION] == "promoted"
     (plan,) = promoted.folder.glob("plan-batch*")  # the promotion branch was taken
-    if not _batch_library_present():
-        pytest.fail(f"{BATCH_MISSING} (the run ended with: {promoted.error})")
     assert promoted.error is None
     shard = steps["batch_upscale"]
     assert shard.status == "FINISHED"
@@ -223,8 +212,6 @@ def test_gate_promotes_and_the_champion_upscales_the_incoming_frames(
 
 
 def test_batch_pipeline_runs_once_locally_and_skips_what_is_done(local: LocalSetup, promoted: PipelineRun):
-    if not _batch_library_present():
-        pytest.fail(BATCH_MISSING)
     from pipelines import batch_upscale
 
     arguments = batch_upscale.local_arguments(local, {"shards": 2})

@@ -4,8 +4,10 @@ Each function is what one Kubeflow component (``components/``) calls: it runs th
 MLflow child run (``difiisr.lifecycle.lineage``) and returns a typed result for the component's outputs.
 
 An HR dataset for the pipeline is one DVC-tracked folder holding ``train/`` and ``test/`` frames (``SPLITS``).
-Training pairs come from ``train/`` with the Real-ESRGAN second-order degradation, held-out evaluation pairs
-from ``test/`` with the bicubic test protocol (whole frames), each in the same sub-folder of the pairs dataset.
+Training pairs come from ``train/`` with the chosen protocol (the Real-ESRGAN second-order degradation, random
+crops, for real-world models; or the bicubic protocol on whole frames, for a model judged on bicubic test pairs
+such as the tiny demo), held-out evaluation pairs from ``test/`` with the bicubic test protocol (whole frames),
+each in the same sub-folder of the pairs dataset.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 TRAIN, TEST = "train", "test"
 SPLITS = (TRAIN, TEST)
-TRAIN_PROTOCOL = "realesrgan"
+TRAIN_PROTOCOLS = ("realesrgan", "bicubic")
 TEST_PROTOCOL = "bicubic"
 
 
@@ -101,13 +103,14 @@ class PairsOutcome:
     folder: Path
     pairs: dict[str, int]
     md5: dict[str, str]
+    train_protocol: str = TRAIN_PROTOCOLS[0]
 
     def metadata(self) -> dict[str, Any]:
         """KFP artifact metadata: pairs and md5 per split, and the protocols."""
         return {
             **{f"{split}_pairs": n for split, n in self.pairs.items()},
             **{f"{split}_md5": md5 for split, md5 in self.md5.items()},
-            f"{TRAIN}_protocol": TRAIN_PROTOCOL,
+            f"{TRAIN}_protocol": self.train_protocol,
             f"{TEST}_protocol": TEST_PROTOCOL,
         }
 
@@ -211,20 +214,32 @@ def synthesize_degradations(
     seed: int,
     device: str,
     parent_run_id: str,
+    train_protocol: str = TRAIN_PROTOCOLS[0],
 ) -> PairsOutcome:
-    """Write ``pairs_dir/train`` (Real-ESRGAN, ``variants`` random ``crop`` crops per frame) and ``pairs_dir/test``.
+    """Write ``pairs_dir/train`` and ``pairs_dir/test``.
 
-    The test pairs follow the bicubic protocol on whole frames. Both are checked with the pairs expectation
-    suite (HR sides at least ``crop``). Seeds, settings and the per-pair manifests go to the step's MLflow run.
+    Training pairs: ``train_protocol`` ``realesrgan`` makes ``variants`` random ``crop`` crops per frame;
+    ``bicubic`` makes one pair per whole frame (``variants`` and ``crop`` do not apply). The test pairs follow the
+    bicubic protocol on whole frames. Both are checked with the pairs expectation suite (HR sides at least
+    ``crop``). Seeds, settings and the per-pair manifests go to the step's MLflow run.
     """
     from difiisr.data.fingerprint import dataset_md5
     from difiisr.data.pairs import MANIFEST_NAME, SETTINGS_NAME
     from difiisr.data.validation import ValidationConfig, validate_pairs
     from difiisr.degradation.pairs import degrade_folder
 
+    if train_protocol not in TRAIN_PROTOCOLS:
+        raise DatasetLayoutError(
+            f"train_protocol={train_protocol!r}: use one of {', '.join(TRAIN_PROTOCOLS)}"
+        )
     hr, out = require_splits(hr_dir, "HR dataset"), Path(pairs_dir)
+    train_job = (
+        {"protocol": train_protocol, "variants": variants, "crop": crop}
+        if train_protocol == "realesrgan"
+        else {"protocol": train_protocol, "variants": 1, "crop": None}
+    )
     jobs = {
-        TRAIN: {"protocol": TRAIN_PROTOCOL, "variants": variants, "crop": crop},
+        TRAIN: train_job,
         TEST: {"protocol": TEST_PROTOCOL, "variants": 1, "crop": None},
     }
     pairs: dict[str, int] = {}
@@ -246,4 +261,4 @@ def synthesize_degradations(
             log.info(summary.line())
         run.log_metrics({f"pairs.{s}": n for s, n in pairs.items()}, step=0)
         run.set_tags({LINEAGE_TAG_PAIRS_MD5.format(split=s): v for s, v in md5.items()})
-    return PairsOutcome(out, pairs, md5)
+    return PairsOutcome(out, pairs, md5, train_protocol)
