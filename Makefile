@@ -29,8 +29,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src components pipelines tests benchmarks
 	$(VENV)/bin/ruff format --check src components pipelines tests benchmarks
 
+# The lifecycle pipeline, run here with kfp.local (python pipelines/train_eval.py). STACK=1 runs it against the
+# local service stack (SeaweedFS S3 + MLflow server, `make stack-up`) instead of a SQLite store under DEMO_DIR.
+# DEMO_ARGS passes more options, e.g. DEMO_ARGS="--param training_steps=300".
+DEMO_ARGS ?=
 demo: $(STAMP)
-	STACK=$(STACK) DEMO_DIR=$(DEMO_DIR) bash infra/local/demo.sh
+ifeq ($(STACK),1)
+	$(PY) -m difiisr.stack up
+	eval "$$($(PY) -m difiisr.stack env)" && $(PY) pipelines/train_eval.py --root $(DEMO_DIR) $(DEMO_ARGS)
+else
+	$(PY) pipelines/train_eval.py --root $(DEMO_DIR) $(DEMO_ARGS)
+endif
 
 bench: $(STAMP)
 	$(PY) benchmarks/degradation.py

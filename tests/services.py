@@ -13,6 +13,8 @@ Fixtures:
   proxied to ``s3://difiisr-mlflow/mlartifacts`` on the ``seaweedfs`` server.
 - ``mlflow_env`` (function): sets ``MLFLOW_TRACKING_URI`` (and clears variables that would redirect the
   client) with monkeypatch; yields the ``mlflow_server`` object; ends a run a test left open.
+- ``s3_env`` (function): sets ``AWS_ENDPOINT_URL`` and the credentials of ``seaweedfs`` with monkeypatch (what
+  ``difiisr.storage`` reads); yields the ``seaweedfs`` object.
 """
 
 from __future__ import annotations
@@ -70,3 +72,13 @@ def mlflow_env(mlflow_server: MLflowServer, monkeypatch: pytest.MonkeyPatch) -> 
 
         if mlflow.active_run() is not None:
             mlflow.end_run()
+
+
+@pytest.fixture
+def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> Iterator[SeaweedFS]:
+    """Point S3 clients built from the ``AWS_*`` environment at ``seaweedfs`` (env restored afterwards)."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for name, value in seaweedfs.client_env().items():
+        monkeypatch.setenv(name, value)
+    yield seaweedfs

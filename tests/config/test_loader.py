@@ -161,3 +161,9 @@ def test_load_config_blames_the_override_or_the_file_separately(tmp_path):
     assert load_config(Outer, None, ["name=y"]).name == "y"
     with pytest.raises(ConfigError, match=r"^--set steps=x: steps: expected an integer"):
         load_config(Outer, None, ["name=y", "steps=x"])
+
+
+def test_quoted_override_values_stay_strings() -> None:
+    """An id that looks like a number (an MLflow run id such as 0123...) survives when quoted; unquoted 1e-4 is a number."""
+    data = apply_overrides({}, ["a='0123'", 'b="1e-4"', "c=1e-4", "d=0123abc"])
+    assert data == {"a": "0123", "b": "1e-4", "c": 1e-4, "d": "0123abc"}

@@ -317,7 +317,8 @@ def test_cli_on_a_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str
     from difiisr.models.preset import load_preset
     from difiisr.models.swin_unet import SwinUNet
 
-    preset = load_preset("tiny")
+    # random weights whose output depends on the seed (the shipped tiny preset starts exactly at bicubic)
+    preset = load_preset("tiny", ["unet.zero_init_output=false"])
     torch.manual_seed(0)
     unet = SwinUNet(preset.unet)
     ae_state = None

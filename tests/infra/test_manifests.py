@@ -482,8 +482,13 @@ def test_dev_runs_postgres_and_seaweedfs_in_cluster_prod_does_not() -> None:
     assert launcher_root.split("/")[2] in buckets
 
 
-def test_batch_upscale_cronjob_runs_difiisr_upscale() -> None:
+def test_batch_upscale_cronjob_runs_difiisr_batch_upscale_one_shard_per_pod() -> None:
+    import argparse
+
+    from difiisr.cli import batch_upscale
     from difiisr.cli.main import VERBS
+    from difiisr.inference.settings import InferenceSettings
+    from difiisr.storage.selection import Shard
 
     for overlay in OVERLAYS:
         objs = render(f"overlays/{overlay}")
@@ -491,17 +496,33 @@ def test_batch_upscale_cronjob_runs_difiisr_upscale() -> None:
         assert len(cron["spec"]["schedule"].split()) == 5
         assert cron["spec"]["concurrencyPolicy"] == "Forbid"
         assert cron["spec"]["suspend"] is (overlay == "prod")  # prod uses the KFP recurring run
+        job = cron["spec"]["jobTemplate"]["spec"]
+        assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"]
         (c,) = pod_spec(cron)["containers"]
         assert "command" not in c  # the image's entry point: tini -- difiisr
-        verb, inputs, *rest = c["args"]
-        assert verb == "upscale" and verb in VERBS
-        assert rest[0] == "--out"
+        assert c["args"][0] == "batch-upscale" and "batch-upscale" in VERBS
         config = _config(objs)
         assert [e["configMapRef"]["name"] for e in c["envFrom"]] == [
             n for n in by_kind(objs, "ConfigMap") if n.startswith("difiisr-config-")
         ]
-        args = [_expand(a, config) for a in c["args"]]  # KeyError: a $(VAR) that difiisr-config lacks
-        assert args[1].startswith("s3://") and args[3].startswith("s3://")
-        assert (
-            args[args.index("--model-dir") + 1] == config["BATCH_MODEL_URI"] == "models:/difiisr-x4@champion"
+        (index_env,) = [e for e in c["env"] if e["name"] == "SHARD_INDEX"]
+        assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == (
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
         )
+        parser = argparse.ArgumentParser()
+        batch_upscale.add_arguments(parser)
+        shards = []
+        for index in range(job["completions"]):  # what pod `index` runs, parsed by the verb's own parser
+            env = {**config, "SHARD_INDEX": str(index)}
+            args = parser.parse_args([_expand(a, env) for a in c["args"][1:]])  # KeyError: an unknown $(VAR)
+            assert args.input.startswith("s3://") and args.output.startswith("s3://")
+            assert args.model == config["BATCH_MODEL_URI"] == "models:/difiisr-x4@champion"
+            assert args.device == "cuda" and args.no_progress
+            InferenceSettings.from_args(args)  # valid settings
+            shards.append(Shard.parse(args.shard))
+        # N pods take shards 0/N .. N-1/N: together every key exactly once
+        assert shards == [Shard(i, job["completions"]) for i in range(job["completions"])]
+        # AWS_* for the S3 prefixes: endpoint from the ConfigMap, keys from the Secret
+        assert "AWS_ENDPOINT_URL" in config and {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= {
+            e["name"] for e in c["env"]
+        }

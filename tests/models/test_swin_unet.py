@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -262,7 +263,8 @@ def test_int_num_res_blocks_is_expanded_per_level() -> None:
 
 
 def test_training_step_reaches_every_parameter() -> None:
-    net = SwinUNet(preset_unet("tiny"))
+    # the reference initialisation (the shipped tiny preset also zeroes the output conv: tested below)
+    net = SwinUNet(dataclasses.replace(preset_unet("tiny"), zero_init_output=False))
     x = torch.randn(2, 3, 64, 64)
     loss = F.mse_loss(net(x, torch.tensor([0, 3]), x), torch.zeros_like(x))
     loss.backward()
@@ -306,3 +308,55 @@ def test_window_attention_inference_runs_on_the_fused_kernel() -> None:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             out = attn(x, mask)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_init_output_residual_model_starts_exactly_at_bicubic() -> None:
+    from difiisr.diffusion import (
+        DiffusionConfig,
+        ResShiftDiffusion,
+        sample_ancestral,
+        sample_ddim,
+        sample_onestep,
+    )
+
+    cfg = dataclasses.replace(preset_unet("tiny"), zero_init_output=True)
+    torch.manual_seed(0)
+    net = SwinUNet(cfg).eval()
+    assert torch.count_nonzero(net.out[2].weight) == 0 and torch.count_nonzero(net.out[2].bias) == 0
+    gen = torch.Generator().manual_seed(3)
+    lr = torch.rand(2, 3, 16, 16, generator=gen) * 1.6 - 0.8
+    zy = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    diffusion = ResShiftDiffusion(
+        DiffusionConfig(
+            steps=4, min_noise_level=0.2, predict_type="residual", latent=False, cap_sqrt_eta=False
+        )
+    )
+    with torch.no_grad():
+        assert torch.equal(
+            net(torch.randn(2, 3, 64, 64), torch.tensor([0, 3]), zy), torch.zeros(2, 3, 64, 64)
+        )
+        for sampler in (sample_onestep, sample_ddim, sample_ancestral):
+            x0 = sampler(net, diffusion, zy, zy, generator=torch.Generator().manual_seed(1), clip_x0=False)
+            assert torch.equal(x0, zy), sampler.__name__
+
+
+def test_zero_init_output_keeps_the_layout_and_still_trains() -> None:
+    # off by default and in the x4 preset (the reference initialisation); on in the tiny preset
+    assert SwinUNetConfig.__dataclass_fields__["zero_init_output"].default is False
+    assert preset_unet("x4").zero_init_output is False and preset_unet("tiny").zero_init_output is True
+    base = dataclasses.replace(preset_unet("tiny"), zero_init_output=False)
+    torch.manual_seed(0)
+    plain = SwinUNet(base)
+    assert torch.count_nonzero(plain.out[2].weight) > 0
+    net = SwinUNet(dataclasses.replace(base, zero_init_output=True))
+    assert {k: v.shape for k, v in net.state_dict().items()} == {
+        k: v.shape for k, v in plain.state_dict().items()
+    }
+    x = torch.randn(2, 3, 64, 64)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(3):  # the zero output conv first, then the ResBlock output convs behind it, then the rest
+        opt.zero_grad()
+        F.mse_loss(net(x, torch.tensor([0, 3]), x), x).backward()
+        opt.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    assert torch.count_nonzero(net.out[2].weight) > 0

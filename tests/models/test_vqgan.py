@@ -1,14 +1,16 @@
 """VQGAN f4: released layout (x4 on the meta device), attention equal to the naive softmax, shapes, quantiser,
-and the lean inference path (in place, strip-wise) equal bit for bit to the plain forward."""
+and the lean inference path (`vqgan_lean`: in place, strip-wise) equal bit for bit to the plain forward."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import difiisr.models.vqgan as vqgan
+import difiisr.models.vqgan_lean as vqgan_lean
 from difiisr.config import ConfigError, from_mapping, load_yaml, preset_path
 from difiisr.models.vqgan import AttnBlock, ResnetBlock, VectorQuantizer, VQGANConfig, VQGANf4
 
@@ -226,17 +228,17 @@ def small_strips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     96 KiB strips keep every strip above ~20k elements, where PyTorch's CPU conv picks the same (oneDNN) kernel
     as for the whole image; smaller inputs go to another kernel that rounds differently.
     """
-    monkeypatch.setattr(vqgan, "STRIP_MIN_BYTES", 0)
-    monkeypatch.setattr(vqgan, "STRIP_BYTES", 96 * 1024)
+    monkeypatch.setattr(vqgan_lean, "STRIP_MIN_BYTES", 0)
+    monkeypatch.setattr(vqgan_lean, "STRIP_BYTES", 96 * 1024)
     counts: list[int] = []
-    strips = vqgan._strips
+    strips = vqgan_lean._strips
 
     def counting(rows: int, row_bytes: int) -> list[tuple[int, int]]:
         out = strips(rows, row_bytes)
         counts.append(len(out))
         return out
 
-    monkeypatch.setattr(vqgan, "_strips", counting)
+    monkeypatch.setattr(vqgan_lean, "_strips", counting)
     return counts
 
 
@@ -272,8 +274,8 @@ def test_lean_encoder_and_decoder_in_both_layouts(
     x = (torch.rand(1, 3, 64, 48) * 2 - 1).contiguous(memory_format=layout)
     z = (torch.randn(1, 3, 16, 12) * 0.3).contiguous(memory_format=layout)
     with torch.no_grad():
-        assert torch.equal(net.encoder(x), ref_encoder(net.encoder, x))
-        assert torch.equal(net.decoder(z), ref_decoder(net.decoder, z))
+        assert torch.equal(vqgan_lean.encoder(net.encoder, x), ref_encoder(net.encoder, x))
+        assert torch.equal(vqgan_lean.decoder(net.decoder, z), ref_decoder(net.decoder, z))
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, CL], ids=["nchw", "channels-last"])
@@ -285,7 +287,7 @@ def test_conv3x3_strips_overwrite_their_input_exactly(
     x = torch.randn(2, 48, 37, 29).contiguous(memory_format=layout)
     with torch.no_grad():
         expected = conv(x)
-        out = vqgan._conv3x3(conv, x.clone(), overwrite=True)
+        out = vqgan_lean.conv3x3(conv, x.clone(), overwrite=True)
     assert small_strips and small_strips[-1] >= 4
     assert torch.equal(out, expected)
 
@@ -297,8 +299,9 @@ def test_resnet_block_lean_path_keeps_or_consumes_its_input() -> None:
     with torch.no_grad():
         expected = ref_resnet(block, x)
         assert torch.equal(block(x), expected)
-        assert torch.equal(x, x_copy)  # forward never writes into its argument
-        assert torch.equal(block.forward_lean(x, consume=True), expected)
+        assert torch.equal(vqgan_lean.resnet_block(block, x, consume=False), expected)
+        assert torch.equal(x, x_copy)  # neither path writes into its argument unless told to
+        assert torch.equal(vqgan_lean.resnet_block(block, x, consume=True), expected)
     assert not torch.equal(x, x_copy)  # consume=True reuses the input's memory
 
 
@@ -350,3 +353,37 @@ def test_autocast_takes_the_plain_path() -> None:
         y = net.decode(z)
     assert z.dtype == torch.bfloat16 and torch.equal(z, z_ref)
     assert y.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("mode", "lean"),
+    [("inference_mode", True), ("no_grad", True), ("grad", False), ("no_grad+autocast", False)],
+)
+def test_encode_and_decode_choose_the_lean_path_only_for_cpu_inference(
+    mode: str, lean: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # VQGANf4.encode/decode are the one switch: they hand CPU calls with autograd off and no autocast to
+    # vqgan_lean, and run the plain modules otherwise
+    calls: list[str] = []
+    for name in ("encode", "decode"):
+        real = getattr(vqgan_lean, name)
+
+        def spy(net: VQGANf4, t: torch.Tensor, _real=real, _name=name) -> torch.Tensor:  # noqa: ANN001
+            calls.append(_name)
+            return _real(net, t)
+
+        monkeypatch.setattr(vqgan_lean, name, spy)
+    net = randomize(VQGANf4(SMALL), seed=11).eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    contexts = {
+        "inference_mode": torch.inference_mode,
+        "no_grad": torch.no_grad,
+        "grad": torch.enable_grad,
+        "no_grad+autocast": lambda: torch.autocast(device_type="cpu", dtype=torch.bfloat16),
+    }
+    with torch.no_grad() if mode == "no_grad+autocast" else contextlib.nullcontext(), contexts[mode]():
+        z = net.encode(x)
+        y = net.decode(z)
+    assert calls == (["encode", "decode"] if lean else [])
+    assert z.shape == (1, 3, 8, 8) and y.shape == (1, 3, 32, 32)
+    assert z.requires_grad == (mode == "grad")

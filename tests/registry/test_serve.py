@@ -28,6 +28,7 @@ import torch
 from difiisr.cli.main import VERBS
 from difiisr.errors import ExitCode
 from difiisr.inference import Upscaler
+from difiisr.inference.settings import InferenceSettings
 from difiisr.registry.names import ALIAS_CHALLENGER
 from difiisr.registry.register import register_run
 from difiisr.stack import free_ports
@@ -117,7 +118,7 @@ def test_serve_answers_invocations_without_the_venv_on_path(mlflow_env, model_di
         with urllib.request.urlopen(req, timeout=120) as resp:
             got = np.asarray(json.loads(resp.read())["predictions"])
         assert got.shape == (1, 4 * lr.shape[0], 4 * lr.shape[1]) and got.min() >= 0 and got.max() <= 255
-        want = Upscaler.from_folder(model_dir, device="cpu").upscale_array(lr, seed=5)
+        want = Upscaler.from_folder(model_dir, device="cpu").upscale_array(lr, InferenceSettings(seed=5))
         np.testing.assert_array_equal(got.astype(np.uint8)[0], want)
 
         # SIGTERM to difiisr serve alone (not its group): it forwards it to the server's process group

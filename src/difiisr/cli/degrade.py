@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 
-HELP = "make LR/HR pairs (Real-ESRGAN second order or bicubic protocol)"
-
 log = logging.getLogger(__name__)
 
 _PROTOCOL_DEFAULT = -1  # --crop not given: gt_size for realesrgan, whole images for bicubic (not a string:

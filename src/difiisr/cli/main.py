@@ -25,6 +25,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "degrade": ("difiisr.cli.degrade", "make LR/HR pairs (Real-ESRGAN second order or bicubic protocol)"),
     "validate-data": ("difiisr.cli.validate_data", "run the data expectation suite over images or pairs"),
     "upscale": ("difiisr.cli.upscale", "x4 super-resolve images with a preset and checkpoints"),
+    "batch-upscale": (
+        "difiisr.cli.batch_upscale",
+        "x4 super-resolve a folder or S3 prefix: idempotent, resumable, sharded, with a run report",
+    ),
     "train": ("difiisr.cli.train", "train the diffusion model (Accelerate, resumable, MLflow-tracked)"),
     "evaluate": ("difiisr.cli.evaluate", "evaluate a model on LR/HR pairs against bicubic"),
     "register": ("difiisr.cli.register", "register an evaluated run as an MLflow model version (challenger)"),

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "generate seeded synthetic thermal (IR) frames"
-
 
 def _size(text: str) -> tuple[int, int]:
     """argparse type for ``WxH`` (pixels)."""

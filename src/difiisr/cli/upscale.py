@@ -14,13 +14,14 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
+from difiisr.errors import ExitCode, UsageError
 
-from difiisr.errors import DifiisrError, ExitCode, UsageError
+if TYPE_CHECKING:
+    from difiisr.inference.batch_pipeline import BatchItem
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +158,30 @@ def build_upscaler(args: argparse.Namespace, workdir: str):  # noqa: ANN201 - (U
     )
 
 
+def plan_items(pairs: Sequence[tuple[Path, Path]], out_dir: Path) -> list[BatchItem]:
+    """The batch pipeline's items for (input file, output file) pairs: each input read from its folder, every
+    output written into ``out_dir`` and recording the input's file name."""
+    from difiisr.inference.batch_pipeline import BatchItem
+    from difiisr.storage.store import LocalStore
+    from difiisr.storage.uri import parse_location
+
+    target = LocalStore(parse_location(out_dir))
+    sources: dict[Path, LocalStore] = {}
+    items = []
+    for src, dst in pairs:
+        source = sources.setdefault(src.parent, LocalStore(parse_location(src.parent)))
+        items.append(BatchItem(src.name, source, src.name, target, dst.name))
+    return items
+
+
 def run(args: argparse.Namespace) -> int:
-    """Upscale every input; ``ExitCode.OK``, ``FAILURES`` when some inputs failed, ``USAGE`` for bad flags/model."""
-    from difiisr.inference.records import Action, OutputIdentity, OutputState, plan_output, refuse_stale
+    """Upscale every input; ``ExitCode.OK``, ``FAILURES`` when some inputs failed, ``USAGE`` for bad flags/model.
+
+    The loop is the batch job's (``inference.batch_pipeline.run_items``) with the "refuse" policy: outputs made
+    differently stop the run before any work unless ``--overwrite`` is given.
+    """
+    from difiisr.inference.batch_pipeline import Engine, run_items
     from difiisr.inference.settings import InferenceSettings
-    from difiisr.io import ImageReadError, read_image, write_image
-    from difiisr.io.metadata import read_text_record
-    from difiisr.storage import remove_stale_temp_files
     from difiisr.storage.overlap import check_disjoint
 
     with tempfile.TemporaryDirectory(prefix="difiisr-model-") as workdir:
@@ -171,48 +189,19 @@ def run(args: argparse.Namespace) -> int:
         check_disjoint(args.out, args.inputs)
         pairs = plan_outputs(collect_inputs(args.inputs), args.out)
         upscaler, model_ref, version = build_upscaler(args, workdir)
-        upscaler.check(settings)
-        identity = OutputIdentity(
-            model=model_ref,
-            model_digest=upscaler.digest,
-            settings=settings,
-            preset=upscaler.preset.name,
-            model_version=version,
-        )
-        todo, stale = [], []
-        for src, dst in pairs:
-            record = read_text_record(dst) if dst.exists() else None
-            action, state = plan_output(identity, record, exists=dst.exists(), overwrite=args.overwrite)
-            if state is OutputState.STALE and not args.overwrite:
-                stale.append((str(dst), record))
-            elif action is Action.RUN:
-                todo.append((src, dst))
-        refuse_stale(identity, stale)
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        for stale_tmp in remove_stale_temp_files(args.out):
-            logger.info("removed %s, left by an interrupted earlier run", stale_tmp)
-        done, failed = 0, 0
-        start = time.perf_counter()
-        show = not args.no_progress
-        for src, dst in tqdm(todo, desc="upscale", unit="img", disable=not (todo and show)):
-            try:
-                image = read_image(src)
-                sr = upscaler.upscale_array(image.pixels, settings, progress=show)
-                write_image(dst, sr, text=identity.record(src.name))
-                done += 1
-            except (ImageReadError, DifiisrError) as exc:
-                failed += 1
-                logger.error("%s: %s", src, exc)
-            except Exception as exc:  # keep going for the other inputs; the summary and exit code report it
-                failed += 1
-                logger.exception("%s: unexpected failure: %s", src, exc)
-        elapsed = time.perf_counter() - start
-    skipped = len(pairs) - len(todo)
-    print(
-        f"upscaled {done} image(s), skipped {skipped} existing, {failed} failed -> {args.out} "
-        f"({elapsed:.1f} s; model {model_ref} digest {upscaler.digest}; {settings.describe()})"
+        engine = Engine.create(upscaler, model_ref, settings, version)
+    counts = run_items(
+        plan_items(pairs, args.out),
+        engine,
+        overwrite=args.overwrite,
+        stale="refuse",
+        progress=not args.no_progress,
+        total=len(pairs),
     )
-    if failed:
-        print(f"difiisr upscale: {failed} input(s) failed (see the log above)", file=sys.stderr)
-    return ExitCode.FAILURES if failed else ExitCode.OK
+    print(
+        f"upscaled {counts.done} image(s), skipped {counts.skipped} existing, {counts.failed} failed -> {args.out} "
+        f"({counts.elapsed_s:.1f} s; model {model_ref} digest {upscaler.digest}; {settings.describe()})"
+    )
+    if counts.failed:
+        print(f"difiisr upscale: {counts.failed} input(s) failed (see the log above)", file=sys.stderr)
+    return ExitCode.FAILURES if counts.failed else ExitCode.OK

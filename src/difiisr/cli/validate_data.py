@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "run the data expectation suite over images or pairs"
-
 
 def _positive(text: str) -> int:
     """argparse type for an integer >= 1."""

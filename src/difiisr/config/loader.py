@@ -95,12 +95,16 @@ def _check_unique_keys(node: yaml.Node, path: Path, prefix: str) -> None:
 
 
 def _parse_scalar(text: str) -> Any:
-    """Parse an override value with YAML rules (``3`` -> int, ``[1,2]`` -> list, ``true`` -> bool)."""
+    """Parse an override value with YAML rules (``3`` -> int, ``[1,2]`` -> list, ``true`` -> bool); a quoted value
+    (``'0123'``, ``"1e-4"``) stays a string."""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; a number is what the user meant
+    quoted = text.strip()[:1] in ("'", '"')
+    if (
+        isinstance(value, str) and not quoted
+    ):  # YAML 1.1 reads 1e-4 as a string; a number is what the user meant
         try:
             return float(value) if any(c in value for c in ".eE") else int(value)
         except ValueError:

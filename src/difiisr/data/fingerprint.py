@@ -3,7 +3,8 @@
 Definition (``MD5_DEFINITION``): DVC's directory hash, computed by DVC's own hashing library (``dvc_data``): the
 md5 of the JSON list of ``{"md5": <file md5>, "relpath": <POSIX path>}`` of every file under the folder, sorted
 by path, with DVC's ignore rules applied (``.git``/``.hg``/``.dvc`` folders, and the repository's
-``.dvcignore`` patterns when the folder lies inside a DVC project). It is the value ``dvc add`` writes into the
+``.dvcignore`` patterns when the folder lies inside a DVC project; outside one, difiisr's atomic-write temp files,
+which difiisr's own DVC workspaces list in their ``.dvcignore``). It is the value ``dvc add`` writes into the
 folder's ``.dvc`` file (and ``dvc repro`` into ``dvc.lock``) without the ``.dir`` suffix, so a model version's
 ``dataset_md5`` tag names exactly the DVC object that ``dvc pull`` / ``dvc.api`` fetch back. It ignores
 modification times and where the folder lives, and changes with any byte or any name (data files, manifests and
@@ -77,9 +78,8 @@ def _state_and_ignore(folder: Path) -> Iterator[tuple[StateBase, Ignore]]:
             return
 
     from dvc.dirs import site_cache_dir
-    from dvc.ignore import DvcIgnoreFilter
 
-    ignore = DvcIgnoreFilter(LocalFileSystem(), str(folder))
+    ignore = _filter_without_temp_files(LocalFileSystem(), folder)
     state_dir = Path(site_cache_dir(), *STATE_SUBDIR)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +91,21 @@ def _state_and_ignore(folder: Path) -> Iterator[tuple[StateBase, Ignore]]:
         yield state, ignore
     finally:
         state.close()
+
+
+def _filter_without_temp_files(fs: object, folder: Path) -> Ignore:
+    """DVC's ignore filter for a folder outside any DVC project, also skipping difiisr's atomic-write temp files
+    (what a difiisr DVC workspace's ``.dvcignore`` says, see ``difiisr.data.versioning``)."""
+    from dvc.ignore import DvcIgnoreFilter
+
+    from difiisr.storage.atomic import is_temp_file
+
+    class _Filter(DvcIgnoreFilter):
+        def __call__(self, root, dirs, files, ignore_subrepos=True):  # noqa: ANN001, ANN204 - DVC's signature
+            dirs, files = super().__call__(root, dirs, files, ignore_subrepos=ignore_subrepos)
+            return dirs, [name for name in files if not is_temp_file(name)]
+
+    return _Filter(fs, str(folder))  # type: ignore[arg-type]
 
 
 def dvc_dir_md5(folder: str | Path) -> tuple[str, int, int]:

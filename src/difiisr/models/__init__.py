@@ -1,7 +1,8 @@
 """Networks of the DifIISR / ResShift / SinSR family with checkpoint-compatible layouts, and weight files.
 
-``SwinUNet`` is the denoiser, ``VQGANf4`` the latent autoencoder; ``load_checkpoint`` reads released ``.pth``
-checkpoints and our ``.safetensors`` files safely. Presets (``preset``) and model folders (``bundle``) build on these.
+``SwinUNet`` is the denoiser, ``VQGANf4`` the latent autoencoder (its CPU inference runs through the memory-lean
+``vqgan_lean`` module); ``load_checkpoint`` reads released ``.pth`` checkpoints and our ``.safetensors`` files
+safely. Presets (``preset``) and model folders (``bundle``) build on these.
 """
 
 from difiisr.models.checkpoint import (

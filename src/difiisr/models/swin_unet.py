@@ -47,6 +47,10 @@ class SwinUNetConfig:
     Fields without a default are required (as in the reference); defaults are the reference defaults, except
     ``lq_size`` whose absence selects the DifIISR spelling. ``use_fp16`` is accepted for YAML compatibility only:
     precision is chosen at run time (autocast / module dtype).
+
+    ``zero_init_output`` (not in the reference; default false) initialises the last convolution ``out.2`` to zero,
+    so a fresh network outputs exactly 0. With ``predict_type: residual`` (x0_hat = z_y - f) a model trained from
+    scratch then starts at its bicubic input. It changes the initial values only, never the state_dict layout.
     """
 
     image_size: int
@@ -71,6 +75,7 @@ class SwinUNetConfig:
     patch_norm: bool = False
     cond_lq: bool = True
     lq_size: int | None = None
+    zero_init_output: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.num_res_blocks, int):
@@ -543,6 +548,9 @@ class SwinUNet(nn.Module):
         self.out = nn.Sequential(
             GroupNorm32(ch), nn.SiLU(), nn.Conv2d(input_ch, cfg.out_channels, 3, padding=1)
         )
+        if cfg.zero_init_output:
+            nn.init.zeros_(self.out[2].weight)
+            nn.init.zeros_(self.out[2].bias)
 
     @staticmethod
     def _lq_feature_extractor(cfg: SwinUNetConfig) -> nn.Module:

@@ -33,6 +33,10 @@ RUN_TAG_EVAL_NOT_COMPUTED_PREFIX = "eval_not_computed."
 # ---------------------------------------------------------------------------------------------------- metrics
 # Training metrics, logged every `log_every` steps and at each validation.
 METRIC_LOSS = "loss"
+# the terms of "loss" when the training config's losses: section is on (difiisr.training.losses)
+METRIC_LOSS_DIFFUSION = "loss_diffusion"
+METRIC_LOSS_SPECTRAL = "loss_spectral"
+METRIC_LOSS_PERCEPTUAL = "loss_perceptual"
 METRIC_LR = "lr"
 METRIC_GRAD_NORM = "grad_norm"
 METRIC_SAMPLES_PER_S = "samples_per_s"
@@ -87,3 +91,34 @@ class RegistryError(DifiisrError, RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------- pipelines
 # Names used by the Kubeflow components and pipelines (parent/child runs, KFP run ids).
+# One MLflow parent run per pipeline run, one child run per step (difiisr.lifecycle.lineage); run tags, and the
+# model-version tags that point a version back to its pipeline run and its data.
+LINEAGE_TAG_ROLE = "difiisr.role"  # "pipeline" on a parent run, "step" on a child run
+LINEAGE_TAG_PIPELINE = "difiisr.pipeline"  # the pipeline's name, e.g. difiisr-train-eval
+LINEAGE_TAG_STEP = "difiisr.step"  # the step of a child run, e.g. train, batch_upscale.shard-0
+LINEAGE_TAG_KFP_RUN_ID = "kfp.run_id"  # the Kubeflow Pipelines run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+LINEAGE_TAG_KFP_STATE = "kfp.final_state"  # the pipeline's final state, set by the exit handler
+LINEAGE_TAG_KFP_ERROR = "kfp.error"
+# The DVC identity of the pipeline's input data (the HR frames): on the parent run, every child run and the model
+# version, so difiisr.data.versioning.materialize (or `dvc get REPO PATH --rev REV`) fetches the exact data back.
+LINEAGE_DATA_TAG_PREFIX = "data."  # every LINEAGE_TAG_DATA_* starts with it; child runs inherit these tags
+LINEAGE_TAG_DATA_MD5 = "data.md5"
+LINEAGE_TAG_DATA_REPO = "data.repo"
+LINEAGE_TAG_DATA_PATH = "data.path"
+LINEAGE_TAG_DATA_REV = "data.rev"
+LINEAGE_TAG_DATA_REMOTE = "data.remote"
+LINEAGE_TAG_DATA_FILES = "data.n_files"
+LINEAGE_TAG_DATA_BYTES = "data.n_bytes"
+# On a model version: the MLflow parent run of the pipeline run that made it.
+LINEAGE_TAG_PIPELINE_RUN = "pipeline.run_id"
+# Child-run tags and metrics of the steps (read back by the local run's summary). The promote step's run also
+# carries TAG_DECISION and TAG_REASON, as the version does.
+LINEAGE_TAG_PAIRS_MD5 = "pairs.{split}.md5"  # synthesize_degradations: content md5 of pairs/SPLIT
+LINEAGE_TAG_MODEL_NAME = "model.name"  # register: the registered model ...
+LINEAGE_TAG_MODEL_VERSION = "model.version"  # ... its new version ...
+LINEAGE_TAG_MODEL_RUN = "model.run_id"  # ... and the training run it came from
+LINEAGE_TAG_PROMOTION_CHAMPION = "promotion.champion"  # promote: the champion version after the gate
+LINEAGE_TAG_BATCH_MODEL = "batch.model_uri"  # batch: the pinned models:/NAME/VERSION every shard used
+LINEAGE_TAG_BATCH_REPORT = "batch.report_uri"
+LINEAGE_TAG_BATCH_EXIT = "batch.exit_code"
+LINEAGE_METRIC_BATCH = "batch.{status}"  # batch: inputs done | skipped | failed

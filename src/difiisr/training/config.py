@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from difiisr.config import ConfigError, load_config, preset_path, to_mapping
+from difiisr.inference.settings import InferenceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,8 @@ class MlflowConfig:
     enabled: bool = True
     experiment: str = "difiisr-train"
     run_name: str | None = None
+    # Log as a child of this run (a pipeline run's parent run, same experiment); null: a top-level run.
+    parent_run_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +129,16 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         if self.n_images < 1:
             raise ConfigError(f"validation.n_images={self.n_images}: must be >= 1", key="validation.n_images")
+        self.settings()  # a sampler/steps combination inference would refuse is refused here, at load time
+
+    def settings(self) -> InferenceSettings:
+        """The ``InferenceSettings`` validation samples with (the shared defaults for everything not set here)."""
+        from difiisr.inference.settings import SettingsError
+
+        try:
+            return InferenceSettings(sampler=self.sampler, steps=self.steps, seed=self.seed)
+        except SettingsError as exc:
+            raise ConfigError(f"validation: {exc}", key="validation.steps") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from difiisr.errors import ExitCode
-from difiisr.models.conditioning import Conditioner
 from difiisr.models.preset import ModelPreset, load_preset
+from difiisr.registry import names
 from difiisr.training.checkpoint_format import read_checkpoint, write_checkpoint
 from difiisr.training.checkpointing import (
     ResumeError,
@@ -51,7 +50,6 @@ from difiisr.training.tracking import NullTracker
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # the exported model folder under out_dir
-MODEL_ARTIFACT = "model_folder"  # its artifact path in the MLflow run (what `difiisr register` reads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,24 +77,6 @@ class TrainResult:
     def exit_code(self) -> ExitCode:
         """Process exit code for the CLI: ``ExitCode.OK``, or ``ExitCode.PREEMPTED`` after a SIGTERM."""
         return ExitCode.PREEMPTED if self.status == "preempted" else ExitCode.OK
-
-
-def bicubic_up(lr: torch.Tensor, sf: int) -> torch.Tensor:
-    """``(B,3,h,w)`` in [-1,1] -> ``(B,3,sf*h,sf*w)`` torch bicubic (not clamped), as the reference forms z_y."""
-    return F.interpolate(lr, scale_factor=sf, mode="bicubic", align_corners=False)
-
-
-def _lq_for(preset: ModelPreset, lr: torch.Tensor, up: torch.Tensor, x_size: int) -> torch.Tensor | None:
-    """The LQ image at the size the network wants: ``x_size * lq_size / image_size`` (LR itself or bicubic-up)."""
-    unet = preset.unet
-    if not unet.cond_lq:
-        return None
-    ratio = 1 if unet.lq_size is None else unet.lq_size // unet.image_size
-    want = x_size * ratio
-    for cand in (lr, up):
-        if cand.shape[-1] == want:
-            return cand
-    return F.interpolate(lr, size=(want, want), mode="bicubic", align_corners=False)
 
 
 def _sample_noise(
@@ -137,13 +117,17 @@ def compute_losses(
     out = diffusion.training_losses(unet, z0, zy, t, lq=lq, noise=noise)
     diffusion_loss = out["loss"].mean()
     if extra is None:
-        return {"loss": diffusion_loss}
+        return {names.METRIC_LOSS: diffusion_loss}
     if hr is None or generator is None:
         raise ValueError(
             "compute_losses: the guidance losses need the HR batch and a generator for their crop"
         )
     weighted, terms = extra.terms(out["x0_hat"], hr, generator)
-    return {"loss": diffusion_loss + weighted, "loss_diffusion": diffusion_loss.detach(), **terms}
+    return {
+        names.METRIC_LOSS: diffusion_loss + weighted,
+        names.METRIC_LOSS_DIFFUSION: diffusion_loss.detach(),
+        **terms,
+    }
 
 
 def _reset_accelerate_state() -> None:
@@ -211,9 +195,8 @@ class _TrainingRun:
         self._numbers = iter(range(next_checkpoint_number(self.out_dir), 1 << 62))
         self._terms: dict[str, torch.Tensor] = {}  # loss-term sums over the micro-batches of the current step
         self._grad_norm = torch.zeros(())
-        conditioner = Conditioner(self.preset, self.nets.autoencoder)
         self._extra_losses = TrainingLosses.build(
-            self.cfg.losses, conditioner, self.accelerator.device, warn=self.geometry.main
+            self.cfg.losses, self.nets.conditioner, self.accelerator.device, warn=self.geometry.main
         )
 
     @classmethod
@@ -336,21 +319,17 @@ class _TrainingRun:
     def _conditioning(
         self, micro: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(z0, zy, lq)`` of a micro-batch: HR and bicubic-upsampled LR (encoded for latent presets), LQ input."""
+        """``(z0, zy, lq)`` of a micro-batch: HR and bicubic-upsampled LR (encoded for latent presets), LQ input;
+        the shared conditioning contract of training and inference (``difiisr.models.conditioning``)."""
         device, nets = self.accelerator.device, self.nets
         hr = micro["hr"].to(device, non_blocking=True)
         if self.data.degrader is not None:
             lr = self.data.degrader(hr, micro["position"], self.cfg.seed, int(micro["levels"].max()))
         else:
             lr = micro["lr"].to(device, non_blocking=True)
-        up = bicubic_up(lr, self.preset.sf)
-        if nets.autoencoder is None:
-            z0, zy = hr, up
-        else:
-            cuda = device.type == "cuda"
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                z0, zy = nets.autoencoder.encode(torch.cat([hr, up])).float().chunk(2)
-        return z0, zy, _lq_for(self.preset, lr, up, nets.x_size)
+        cuda = device.type == "cuda" and nets.autoencoder is not None
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            return nets.conditioner.training_pair(lr, hr)
 
     def _micro_step(self, step: int, micro_index: int, micro: dict[str, torch.Tensor]) -> None:
         """Forward and backward of one micro-batch; the optimizer steps after the last one of the step."""
@@ -372,7 +351,7 @@ class _TrainingRun:
             terms = compute_losses(
                 nets.diffusion, nets.unet, z0, zy, lq, t.to(device), noise.to(device), **guidance
             )
-            accelerator.backward(terms["loss"])
+            accelerator.backward(terms[names.METRIC_LOSS])
             for name, value in terms.items():
                 total = value.detach().float()
                 self._terms[name] = self._terms[name] + total if name in self._terms else total
@@ -407,10 +386,10 @@ class _TrainingRun:
     # ------------------------------------------------------------------------------------------------ side work
     def _log(self, lr_used: float, progress: tqdm) -> None:
         """Write the metrics record of the window ending at this step (main process) and show it."""
-        extra = {"lr": lr_used, "grad_norm": float(self._grad_norm)}
+        extra = {names.METRIC_LR: lr_used, names.METRIC_GRAD_NORM: float(self._grad_norm)}
         device = self.accelerator.device
         if device.type == "cuda":
-            extra["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            extra[names.METRIC_PEAK_MEM_GIB] = torch.cuda.max_memory_allocated(device) / 2**30
         record = self.metrics.write(self.state.step, extra)
         if self.geometry.main:
             progress.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}")
@@ -447,16 +426,14 @@ class _TrainingRun:
                 self.nets.autoencoder,
                 cfg.validation.dir,
                 n_images=cfg.validation.n_images,
-                sampler=cfg.validation.sampler,
-                steps=cfg.validation.steps,
-                seed=cfg.validation.seed,
+                settings=cfg.validation.settings(),
                 device=self.accelerator.device,
                 grid_path=self.out_dir / "validation" / f"grid_step_{step:07d}.png",
             )
             result = res.metrics()
             self.tracker.log_metrics(result, step)
             if res.grid_path is not None:
-                self.tracker.log_artifact(res.grid_path, "validation")
+                self.tracker.log_artifact(res.grid_path, names.ARTIFACT_VALIDATION)
         self.accelerator.wait_for_everyone()
         return result
 
@@ -472,9 +449,9 @@ class _TrainingRun:
             "step": step,
             "seed": cfg.seed,
             "ema_decay": cfg.ema_decay,
-            "dataset_md5": tags.get("dataset.md5"),
-            "dataset_name": tags.get("dataset.name"),
-            "code_version": tags.get("code_version"),
+            "dataset_md5": tags.get(names.RUN_TAG_DATASET_MD5),
+            "dataset_name": tags.get(names.RUN_TAG_DATASET_NAME),
+            "code_version": tags.get(names.RUN_TAG_CODE_VERSION),
             "mlflow_run_id": self.tracker.run_id,
             "train_config": cfg.to_dict(),
         }
@@ -486,6 +463,6 @@ class _TrainingRun:
             autoencoder.state_dict() if autoencoder is not None else None,
             meta=meta,
         )
-        self.tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
+        self.tracker.log_artifacts(model_dir, names.ARTIFACT_MODEL_FOLDER)
         log.info("exported the EMA model (step %d) to %s", step, model_dir)
         return model_dir

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from difiisr.config import ConfigError
 from difiisr.diffusion.guidance import log_amplitude_distance
 from difiisr.models.conditioning import Conditioner
+from difiisr.registry import names
 from difiisr.training.config import LossesConfig, PerceptualLossConfig
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,8 @@ class TrainingLosses:
     @property
     def names(self) -> tuple[str, ...]:
         """The logged term names, in order."""
-        out = ("loss_spectral",) if self.cfg.spectral.weight > 0 else ()
-        return out + (("loss_perceptual",) if self.vgg is not None else ())
+        out = (names.METRIC_LOSS_SPECTRAL,) if self.cfg.spectral.weight > 0 else ()
+        return out + ((names.METRIC_LOSS_PERCEPTUAL,) if self.vgg is not None else ())
 
     def terms(
         self, x0_hat: Tensor, hr: Tensor, generator: torch.Generator
@@ -195,13 +196,13 @@ class TrainingLosses:
         values: dict[str, Tensor] = {}
         total = sr.new_zeros(())
         if self.cfg.spectral.weight > 0:
-            values["loss_spectral"] = log_amplitude_distance(
+            values[names.METRIC_LOSS_SPECTRAL] = log_amplitude_distance(
                 sr, ref, radial_power=self.cfg.spectral.radial_power
             )
-            total = total + self.cfg.spectral.weight * values["loss_spectral"]
+            total = total + self.cfg.spectral.weight * values[names.METRIC_LOSS_SPECTRAL]
         if self.vgg is not None:
-            values["loss_perceptual"] = perceptual_distance(self.vgg, sr, ref)
-            total = total + self.cfg.perceptual.weight * values["loss_perceptual"]
+            values[names.METRIC_LOSS_PERCEPTUAL] = perceptual_distance(self.vgg, sr, ref)
+            total = total + self.cfg.perceptual.weight * values[names.METRIC_LOSS_PERCEPTUAL]
         return total, values
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from difiisr.registry import names
 from difiisr.storage import atomic_write_text
 from difiisr.training.tracking import NullTracker
 
@@ -76,15 +77,15 @@ class MetricsLog:
         """Move pending per-step terms to the host (one synchronisation)."""
         if not self._pending:
             return
-        names = list(self._pending[0])
-        values = torch.stack([torch.stack([t[n].float() for n in names]) for t in self._pending]).cpu()
-        self.steps.extend(dict(zip(names, row.tolist(), strict=True)) for row in values)
+        keys = list(self._pending[0])
+        values = torch.stack([torch.stack([t[n].float() for n in keys]) for t in self._pending]).cpu()
+        self.steps.extend(dict(zip(keys, row.tolist(), strict=True)) for row in values)
         self._pending.clear()
 
     @property
     def losses(self) -> list[float]:
         """The ``loss`` of every flushed step, in order."""
-        return [terms["loss"] for terms in self.steps]
+        return [terms[names.METRIC_LOSS] for terms in self.steps]
 
     def write(self, step: int, extra: Mapping[str, float]) -> dict[str, Any]:
         """The record of the window ending at ``step`` (term means, then ``extra`` and ``samples_per_s``).
@@ -98,7 +99,7 @@ class MetricsLog:
             record[name] = float(sum(terms[name] for terms in window) / len(window))
         record.update(extra)
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        record["samples_per_s"] = self._window_steps * self.global_batch / elapsed
+        record[names.METRIC_SAMPLES_PER_S] = self._window_steps * self.global_batch / elapsed
         if self.path is not None:
             self.tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
             with open(self.path, "a", encoding="utf-8") as fh:

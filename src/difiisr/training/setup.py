@@ -18,7 +18,9 @@ from torch import nn
 from difiisr.config import flatten
 from difiisr.data.fingerprint import dataset_md5
 from difiisr.errors import DifiisrError
+from difiisr.models.conditioning import Conditioner
 from difiisr.models.preset import ModelPreset
+from difiisr.registry import names
 from difiisr.storage import atomic_write_text
 from difiisr.training.checkpoint_format import TrainingObjects
 from difiisr.training.checkpointing import ResumeError, TrainingState
@@ -52,25 +54,19 @@ def _check_sizes(cfg: TrainConfig, preset: ModelPreset, multiple: int) -> int:
 
 
 def _build_networks(cfg: TrainConfig, preset: ModelPreset) -> tuple[nn.Module, nn.Module | None, int]:
-    """UNet (seeded init, optionally ``init_from``) and frozen autoencoder (latent presets); returns size multiple."""
-    from difiisr.models import load_checkpoint
-    from difiisr.models.swin_unet import SwinUNet
+    """UNet (seeded init, optionally ``init_from``) and frozen autoencoder (latent presets) through the shared
+    builder (``difiisr.models.builder``); returns them and the UNet's size multiple."""
+    from difiisr.models.builder import load_networks
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        unet = SwinUNet(preset.unet)
+    init = None
     if cfg.init_from:
-        path = Path(cfg.init_from)
-        if not path.is_file():
+        init = Path(cfg.init_from)
+        if not init.is_file():
             raise TrainError(
                 f"init_from={cfg.init_from}: file not found; give a released UNet checkpoint path"
             )
-        load_checkpoint(unet, path, strict=True)
-        log.info("initialised the UNet from %s (strict)", path)
-    autoencoder = None
+    ae_path = None
     if preset.latent:
-        from difiisr.models.vqgan import VQGANf4
-
         if not cfg.model.autoencoder_ckpt:
             raise TrainError(
                 f"preset {preset.name!r} is latent: set model.autoencoder_ckpt to the VQGAN f4 weights "
@@ -79,8 +75,12 @@ def _build_networks(cfg: TrainConfig, preset: ModelPreset) -> tuple[nn.Module, n
         ae_path = Path(cfg.model.autoencoder_ckpt)
         if not ae_path.is_file():
             raise TrainError(f"model.autoencoder_ckpt={ae_path}: file not found")
-        autoencoder = VQGANf4(preset.autoencoder)
-        load_checkpoint(autoencoder, ae_path, strict=True)
+    unet, autoencoder = load_networks(
+        preset, unet_weights=init, autoencoder_weights=ae_path, seed=derive_seed(cfg.seed, "init")
+    )
+    if init is not None:
+        log.info("initialised the UNet from %s (strict)", init)
+    if autoencoder is not None:
         autoencoder.eval().requires_grad_(False)
     return unet, autoencoder, int(unet.size_multiple)
 
@@ -161,6 +161,7 @@ class Networks:
     scheduler: Any
     grad_scaler: Any | None
     x_size: int
+    conditioner: Conditioner
 
     @classmethod
     def build(cls, accelerator: Any, cfg: TrainConfig, preset: ModelPreset) -> Networks:
@@ -196,6 +197,7 @@ class Networks:
             scheduler=scheduler,
             grad_scaler=accelerator.scaler,
             x_size=x_size,
+            conditioner=Conditioner(preset, autoencoder),
         )
 
     @property
@@ -243,19 +245,24 @@ def start_tracking(
     atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     train_dir = Path(cfg.data.train_dir)
     tags: dict[str, Any] = {
-        "dataset.md5": dataset_md5(train_dir),
-        "dataset.name": train_dir.resolve().name,
-        "dataset.mode": cfg.data.mode,
-        "code_version": code_version(),
-        "preset": preset.name,
-        "num_processes": geometry.world,
+        names.RUN_TAG_DATASET_MD5: dataset_md5(train_dir),
+        names.RUN_TAG_DATASET_NAME: train_dir.resolve().name,
+        names.RUN_TAG_DATASET_MODE: cfg.data.mode,
+        names.RUN_TAG_CODE_VERSION: code_version(),
+        names.RUN_TAG_PRESET: preset.name,
+        names.RUN_TAG_NUM_PROCESSES: geometry.world,
     }
     if cfg.validation.dir:
-        tags["validation.md5"] = dataset_md5(cfg.validation.dir)
+        tags[names.RUN_TAG_VALIDATION_MD5] = dataset_md5(cfg.validation.dir)
     if not cfg.mlflow.enabled:
         return NullTracker(), tags
     tracker = MlflowTracker.start(
-        cfg.mlflow.experiment, cfg.mlflow.run_name, out_dir, resume=resume, uri=tracking_uri()
+        cfg.mlflow.experiment,
+        cfg.mlflow.run_name,
+        out_dir,
+        resume=resume,
+        uri=tracking_uri(),
+        parent_run_id=cfg.mlflow.parent_run_id,
     )
     params = flatten(cfg.to_dict())
     params.update(

@@ -98,9 +98,14 @@ class MlflowTracker(NullTracker):
         *,
         resume: bool,
         uri: str | None = None,
+        parent_run_id: str | None = None,
     ) -> MlflowTracker:
-        """Create (or, when resuming, reopen) the run for ``out_dir`` in ``experiment`` at ``uri``."""
+        """Create (or, when resuming, reopen) the run for ``out_dir`` in ``experiment`` at ``uri``.
+
+        ``parent_run_id``: create the run as a child of that run (MLflow's ``mlflow.parentRunId`` tag).
+        """
         from mlflow import MlflowClient
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         uri = uri or tracking_uri()
         client = MlflowClient(tracking_uri=uri)
@@ -120,7 +125,8 @@ class MlflowTracker(NullTracker):
             )
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
-        run = client.create_run(experiment_id, run_name=run_name)
+        tags = {MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else None
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
         payload = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}
         atomic_write_text(record, json.dumps(payload, indent=2) + "\n")

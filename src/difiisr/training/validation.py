@@ -18,8 +18,10 @@ from torch import nn
 from difiisr.data.pairs import list_pairs
 from difiisr.evaluation.baseline import bicubic_upscale
 from difiisr.evaluation.metrics import psnr_y
+from difiisr.inference.settings import InferenceSettings
 from difiisr.io import image_to_tensor, read_image, tensor_to_image, write_image
 from difiisr.models.preset import ModelPreset
+from difiisr.registry import names
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,9 @@ class ValidationResult:
     def metrics(self) -> dict[str, float]:
         """``{"val_psnr_y", "val_psnr_y_bicubic", "val_psnr_y_gain"}`` in dB, for MLflow."""
         return {
-            "val_psnr_y": self.psnr_y,
-            "val_psnr_y_bicubic": self.psnr_y_bicubic,
-            "val_psnr_y_gain": self.gain_db,
+            names.METRIC_VAL_PSNR_Y: self.psnr_y,
+            names.METRIC_VAL_PSNR_Y_BICUBIC: self.psnr_y_bicubic,
+            names.METRIC_VAL_PSNR_Y_GAIN: self.gain_db,
         }
 
 
@@ -72,29 +74,27 @@ def validate(
     pairs_dir: str | Path,
     *,
     n_images: int = 4,
-    sampler: str = "ancestral",
-    steps: int | None = None,
-    seed: int = 0,
+    settings: InferenceSettings | None = None,
     device: torch.device | str = "cpu",
     grid_path: str | Path | None = None,
 ) -> ValidationResult:
-    """Super-resolve the first ``n_images`` pairs (sorted by name) with ``unet`` and score them.
+    """Super-resolve the first ``n_images`` pairs (sorted by name) with ``unet`` and ``settings`` (default: the
+    shared defaults with the ancestral sampler; pair i uses seed ``settings.seed + i``) and score them.
 
     Writes ``grid_path`` (PNG; bicubic | SR | HR of the first pair) when given.
     """
-    from difiisr.inference.settings import InferenceSettings
     from difiisr.inference.upscaler import Upscaler
 
     pairs = list_pairs(pairs_dir)[:n_images]
     upscaler = Upscaler(preset, unet, autoencoder, device=device)
-    base = InferenceSettings(sampler=sampler, steps=steps, seed=seed)  # type: ignore[arg-type]
+    base = settings or InferenceSettings(sampler="ancestral")
     upscaler.check(base)
     sr_scores, bic_scores = [], []
     grid_written = None
     for i, pair in enumerate(pairs):
         lr_img, hr_img = read_image(pair.lr), read_image(pair.hr)
         y = image_to_tensor(lr_img.pixels)
-        sr = upscaler.upscale_tensor(y, base.replace(seed=seed + i))
+        sr = upscaler.upscale_tensor(y, base.replace(seed=base.seed + i))
         sr_pixels = tensor_to_image(sr[0].float().cpu(), bit_depth=hr_img.bit_depth, channels=hr_img.channels)
         bicubic = bicubic_upscale(lr_img.pixels, preset.sf)
         sr_scores.append(psnr_y(sr_pixels, hr_img.pixels))
