@@ -248,7 +248,7 @@ def test_training_losses_zero_for_oracle_model(kind: str) -> None:
     lq = object()
     model = Recorder(lambda x, tt, lq_: target)
     out = d.training_losses(model, z0, zy, t, lq=lq, noise=noise)
-    assert set(out) == {"loss", "mse", "pred_x0", "z_t"}
+    assert set(out) == {"loss", "mse", "pred_x0", "x0_hat", "z_t"}
     assert out["loss"].shape == (3,) and out["mse"].shape == (3,)
     assert torch.all(out["loss"] == 0) and torch.all(out["mse"] == 0)
     torch.testing.assert_close(out["pred_x0"], z0, rtol=0, atol=1e-12)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 
 import pytest
 
@@ -16,6 +18,13 @@ def test_defaults_are_the_one_set_every_path_uses() -> None:
     assert (s.sampler, s.steps, s.seed, s.tile, s.tile_overlap, s.batch, s.precision) == (
         "onestep", None, 0, 256, 32, 1, "auto",
     )  # fmt: skip
+    assert (s.guidance, s.guidance_steps, s.guidance_schedule, s.guidance_spectral) == (
+        "none",
+        None,
+        "constant",
+        0.0,
+    )
+    assert s.guidance_checkpoint is False and isinstance(s.guidance_scale, float)
     assert set(SAMPLERS) == set(SAMPLER_NAMES)  # the typed sampler table and the settings agree
 
 
@@ -32,6 +41,40 @@ def test_defaults_are_the_one_set_every_path_uses() -> None:
         ({"batch": 0}, "batch=0: must be >= 1"),
         ({"precision": "fp8"}, "precision 'fp8' is unknown"),
         ({"seed": 1.5}, "seed=1.5: must be a whole number"),
+        (
+            {"guidance": "lr-consistency"},
+            "guidance lr-consistency with sampler onestep: one-step sampling makes a single network call.*"
+            "use --sampler ddim or ancestral, or --guidance none",
+        ),
+        (
+            {"guidance": "dps", "sampler": "ddim"},
+            "guidance 'dps' is unknown; use one of none, lr-consistency",
+        ),
+        (
+            {"sampler": "ddim", "guidance_scale": 2.0},
+            "guidance_scale set without guidance: they have no effect.*add --guidance lr-consistency, or drop "
+            "--guidance-scale",
+        ),
+        (
+            {"sampler": "ddim", "guidance_spectral": 0.1, "guidance_steps": 2},
+            "guidance_spectral, guidance_steps set without guidance",
+        ),
+        (
+            {"sampler": "ddim", "guidance": "lr-consistency", "guidance_scale": -1.0},
+            "guidance_scale=-1.0: must be",
+        ),
+        (
+            {"sampler": "ddim", "guidance": "lr-consistency", "guidance_scale": float("nan")},
+            "must be a finite",
+        ),
+        (
+            {"sampler": "ddim", "guidance": "lr-consistency", "guidance_steps": -1},
+            "guidance_steps=-1: must be >= 1",
+        ),
+        (
+            {"sampler": "ddim", "guidance": "lr-consistency", "guidance_schedule": "cos"},
+            "guidance_schedule 'cos'",
+        ),
     ],
 )
 def test_invalid_settings_are_refused_with_the_fix(kwargs: dict, message: str) -> None:
@@ -52,7 +95,8 @@ def test_params_round_trip_with_zero_meaning_none() -> None:
     params = s.to_params()
     assert params == {
         "sampler": "ancestral", "steps": 3, "seed": 7, "tile": 0, "tile_overlap": 8, "batch": 2,
-        "precision": "fp32",
+        "precision": "fp32", "guidance": "none", "guidance_scale": 1.0, "guidance_steps": 0,
+        "guidance_schedule": "constant", "guidance_spectral": 0.0, "guidance_checkpoint": False,
     }  # fmt: skip
     assert InferenceSettings.from_params(params) == s
     # partial params keep the defaults; strings (JSON/pipeline parameters) are parsed; 0 = the preset's steps
@@ -108,3 +152,81 @@ def test_cli_flags_round_trip_and_refuse_steps_zero() -> None:
     for f in dataclasses.fields(InferenceSettings):
         assert "--" + f.name.replace("_", "-") in text
     assert "(default 256)" in text and "(default onestep)" in text
+
+
+GUIDED = InferenceSettings(
+    sampler="ancestral",
+    steps=3,
+    guidance="lr-consistency",
+    guidance_scale=2.5,
+    guidance_steps=2,
+    guidance_schedule="linear",
+    guidance_spectral=0.05,
+    guidance_checkpoint=True,
+)
+
+
+def test_guidance_fields_round_trip_through_params_records_and_flags() -> None:
+    params = GUIDED.to_params()
+    assert {k: params[k] for k in params if k.startswith("guidance")} == {
+        "guidance": "lr-consistency", "guidance_scale": 2.5, "guidance_steps": 2, "guidance_schedule": "linear",
+        "guidance_spectral": 0.05, "guidance_checkpoint": True,
+    }  # fmt: skip
+    assert InferenceSettings.from_params(params) == GUIDED
+    assert InferenceSettings.from_record(GUIDED.to_record()) == GUIDED
+    assert GUIDED.to_record()["inference.guidance_checkpoint"] == "True"
+    # pipeline parameters arrive as strings; guidance_steps 0 = every step; scale given as an int is a float
+    parsed = InferenceSettings.from_params(
+        {"sampler": "ddim", "guidance": "lr-consistency", "guidance_scale": "3", "guidance_steps": "0",
+         "guidance_checkpoint": "false", "guidance_spectral": 1}
+    )  # fmt: skip
+    assert parsed == InferenceSettings(
+        sampler="ddim", guidance="lr-consistency", guidance_scale=3.0, guidance_spectral=1.0
+    )
+    assert isinstance(parsed.guidance_scale, float) and parsed.to_params()["guidance_spectral"] == 1.0
+    with pytest.raises(SettingsError, match="inference parameter guidance_scale must be a number, got 'big'"):
+        InferenceSettings.from_params({"guidance_scale": "big"})
+    with pytest.raises(SettingsError, match="guidance_checkpoint must be true or false, got 'maybe'"):
+        InferenceSettings.from_params({"guidance_checkpoint": "maybe"})
+
+    parser = argparse.ArgumentParser()
+    InferenceSettings.add_arguments(parser)
+    args = parser.parse_args(
+        ["--sampler", "ancestral", "--steps", "3", "--guidance", "lr-consistency", "--guidance-scale", "2.5",
+         "--guidance-steps", "2", "--guidance-schedule", "linear", "--guidance-spectral", "0.05",
+         "--guidance-checkpoint"]
+    )  # fmt: skip
+    assert InferenceSettings.from_args(args) == GUIDED
+    assert InferenceSettings.from_args(parser.parse_args(["--no-guidance-checkpoint"])) == InferenceSettings()
+    text = parser.format_help()
+    assert "--guidance {none,lr-consistency}" in text and "--guidance-schedule {constant,linear,eta}" in text
+
+
+def test_digest_covers_guidance_only_when_it_is_on() -> None:
+    unguided = InferenceSettings(sampler="ddim", steps=2, seed=3)
+    # an unguided digest is what it was before guidance existed (the fields present then, canonical JSON)
+    before = {"sampler": "ddim", "steps": 2, "seed": 3, "tile": 256, "tile_overlap": 32, "precision": "auto"}
+    blob = json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+    assert unguided.digest() == hashlib.sha256(blob).hexdigest()[:16]
+    on = unguided.replace(guidance="lr-consistency")
+    assert on.digest() != unguided.digest()
+    for change in ({"guidance_scale": 2.0}, {"guidance_steps": 1}, {"guidance_schedule": "eta"},
+                   {"guidance_spectral": 0.1}):  # fmt: skip
+        assert on.replace(**change).digest() != on.digest(), change
+    assert on.replace(guidance_checkpoint=True).digest() == on.digest()  # memory only, same pixels
+
+
+def test_guidance_steps_are_checked_against_the_run() -> None:
+    s = InferenceSettings(sampler="ddim", guidance="lr-consistency", guidance_steps=3)
+    s.check_steps(4)
+    with pytest.raises(
+        SettingsError, match="guidance_steps=3: this run has 3 steps, of which 2 can be guided"
+    ):
+        s.replace(steps=3).check_steps(4)
+    with pytest.raises(SettingsError, match="a one-step chain has no step that guidance can move"):
+        InferenceSettings(sampler="ddim", steps=1, guidance="lr-consistency").check_steps(4)
+
+
+def test_describe_names_the_guidance() -> None:
+    assert GUIDED.describe().endswith("guidance lr-consistency scale 2.5 linear over 2 steps, spectral 0.05")
+    assert "guidance" not in InferenceSettings().describe()

@@ -1,7 +1,7 @@
 """Degradation synthesis: bicubic test protocol, seeded Real-ESRGAN second-order pipeline, pairs folders."""
 
 from difiisr.data.pairs import MANIFEST_NAME, PairsError
-from difiisr.degradation.bicubic import bicubic_downsample
+from difiisr.degradation.bicubic import bicubic_downsample, bicubic_downsample_tensor
 from difiisr.degradation.config import KERNEL_TYPES, RESIZE_MODES, RealESRGANConfig
 from difiisr.degradation.crop import CropParams, apply_crop, sample_crop
 from difiisr.degradation.pairs import PROTOCOLS, DegradeSummary, SourceFailure, degrade_folder
@@ -22,6 +22,7 @@ __all__ = [
     "SourceFailure",
     "apply_crop",
     "bicubic_downsample",
+    "bicubic_downsample_tensor",
     "build_kernel",
     "degrade_folder",
     "derive_seed",

@@ -286,7 +286,8 @@ class ResShiftDiffusion:
         """Simple (unweighted) ResShift loss for a batch: z_t = q_sample(z0, zy, t, noise), f = model(scale(z_t), t, lq).
 
         Returns ``mse`` ``(B,)`` = mean over (C,H,W) of (f - target)^2; ``loss`` ``(B,)`` = ``mse``, divided by
-        kappa^2 eta_t for ``epsilon_scale`` (as the reference); ``pred_x0`` ``(B,C,H,W)`` (detached); ``z_t``.
+        kappa^2 eta_t for ``epsilon_scale`` (as the reference); ``pred_x0`` ``(B,C,H,W)`` (detached); ``x0_hat``,
+        the same prediction with its graph to the network (for losses on it); ``z_t``.
         ``noise`` is drawn from ``generator`` when not given.
         """
         if z0.shape != zy.shape:
@@ -307,5 +308,5 @@ class ResShiftDiffusion:
         loss = mse
         if self.config.predict_type == "epsilon_scale":
             loss = mse / (self.kappa**2 * self.etas.to(tt.device)[tt].to(mse.dtype))
-        pred_x0 = self.predict_x0(output.detach(), z_t.detach(), zy, tt)
-        return {"loss": loss, "mse": mse, "pred_x0": pred_x0, "z_t": z_t.detach()}
+        x0_hat = self.predict_x0(output, z_t, zy, tt)
+        return {"loss": loss, "mse": mse, "pred_x0": x0_hat.detach(), "x0_hat": x0_hat, "z_t": z_t.detach()}

@@ -8,8 +8,13 @@ Every path that upscales takes these settings: ``difiisr upscale``, ``difiisr ev
   ``steps`` and ``tile``),
 - MLflow tags and output-file records (``to_record`` / ``from_record``: strings),
 
-and ``digest()`` names the settings that change output pixels (everything but ``batch``), so an output made
-with other settings is recognised as such.
+and ``digest()`` names the settings that change output pixels (everything but ``batch`` and
+``guidance_checkpoint``; the ``guidance_*`` fields only when guidance is on, so unguided settings keep the digest
+they had before guidance existed), so an output made with other settings is recognised as such.
+
+Gradient guidance (``guidance``, ``guidance_*``; the math is in ``difiisr.diffusion.guidance``) corrects the
+ddim/ancestral state at ``guidance_steps`` steps by ``-lambda_t grad ||A(D(x0_hat)) - y||^2 (+ mu spectral
+prior)``, with ``lambda_t = guidance_scale x`` the ``guidance_schedule`` factor.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
@@ -25,7 +31,11 @@ from difiisr.errors import DifiisrError
 
 SamplerName = Literal["onestep", "ddim", "ancestral"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+GuidanceName = Literal["none", "lr-consistency"]
+GuidanceScheduleName = Literal["constant", "linear", "eta"]
 SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
+GUIDANCE_NAMES: tuple[str, ...] = get_args(GuidanceName)
+GUIDANCE_SCHEDULES: tuple[str, ...] = get_args(GuidanceScheduleName)
 #: Device choices of every verb that runs a model (``auto`` = CUDA when available, else CPU; ``cuda:N`` also works).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -54,18 +64,54 @@ _FIELD_DOC: dict[str, tuple[str, bool]] = {
     "tile_overlap": ("overlap of neighbouring tiles in LR pixels", False),
     "batch": ("tiles (of one or several images) per network call; raise on a GPU", False),
     "precision": ("compute precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU", False),
+    "guidance": (
+        "gradient guidance of ddim/ancestral: lr-consistency pulls each guided step towards "
+        "||A(SR) - LR||^2 = 0 (A = the bicubic x1/4 protocol); none = off",
+        False,
+    ),
+    "guidance_scale": ("guidance step size lambda (0 = no correction)", False),
+    "guidance_steps": (
+        "guide the K least-noisy steps that can move the sample (t = K..1); default and 0: all of them",
+        True,
+    ),
+    "guidance_schedule": (
+        "lambda_t over the steps: constant, linear (grows as the noise falls) or eta (follows the noise level)",
+        False,
+    ),
+    "guidance_spectral": (
+        "weight mu of the thermal-spectrum prior added to the guidance loss (0 = off)",
+        False,
+    ),
+    "guidance_checkpoint": (
+        "recompute the VQGAN decoder's activations in the guidance backward pass (less memory, slower)",
+        False,
+    ),
 }
 
 #: Fields that do not change output pixels (left out of ``digest``).
-_PERFORMANCE_ONLY = frozenset({"batch"})
+_PERFORMANCE_ONLY = frozenset({"batch", "guidance_checkpoint"})
+#: Fields that only matter when ``guidance`` is on (left out of ``digest`` when it is off).
+_GUIDANCE_FIELDS = frozenset(
+    {"guidance_scale", "guidance_steps", "guidance_schedule", "guidance_spectral", "guidance_checkpoint"}
+)
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "sampler": SAMPLER_NAMES,
+    "precision": PRECISIONS,
+    "guidance": GUIDANCE_NAMES,
+    "guidance_schedule": GUIDANCE_SCHEDULES,
+}
+_FLOATS = frozenset({"guidance_scale", "guidance_spectral"})
+_BOOLS = frozenset({"guidance_checkpoint"})
 
 
 @dataclasses.dataclass(frozen=True)
 class InferenceSettings:
-    """How to upscale: sampler, steps, seed, tiling, batching and precision (validated on construction).
+    """How to upscale: sampler, steps, seed, tiling, batching, precision and guidance (validated on construction).
 
     ``steps=None`` runs the preset's number of steps; ``onestep`` always runs at the trained schedule's noisiest
     step, so it takes no ``steps``. ``tile=None`` never tiles; images no larger than ``tile`` are never tiled.
+    ``guidance`` other than ``none`` needs ``ddim`` or ``ancestral``; ``guidance_steps=None`` guides every step
+    that can move the sample. The other ``guidance_*`` fields must keep their defaults while guidance is off.
     """
 
     sampler: SamplerName = "onestep"
@@ -75,14 +121,36 @@ class InferenceSettings:
     tile_overlap: int = 32
     batch: int = 1
     precision: Precision = "auto"
+    guidance: GuidanceName = "none"
+    guidance_scale: float = 1.0
+    guidance_steps: int | None = None
+    guidance_schedule: GuidanceScheduleName = "constant"
+    guidance_spectral: float = 0.0
+    guidance_checkpoint: bool = False
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLER_NAMES:
-            raise SettingsError(f"sampler {self.sampler!r} is unknown; use one of {', '.join(SAMPLER_NAMES)}")
-        for name in ("steps", "seed", "tile", "tile_overlap", "batch"):
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise SettingsError(
+                    f"{name} {getattr(self, name)!r} is unknown; use one of {', '.join(choices)}"
+                )
+        for name in ("steps", "seed", "tile", "tile_overlap", "batch", "guidance_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise SettingsError(f"{name}={value!r}: must be a whole number")
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise SettingsError(f"{name}={value!r}: must be a finite number >= 0")
+            object.__setattr__(self, name, float(value))  # one type in params, records and the pyfunc schema
+        if not isinstance(self.guidance_checkpoint, bool):
+            raise SettingsError(f"guidance_checkpoint={self.guidance_checkpoint!r}: must be true or false")
+        self._check_guidance()
         if self.steps is not None:
             if self.sampler == "onestep":
                 raise SettingsError(
@@ -104,19 +172,51 @@ class InferenceSettings:
             )
         if self.batch < 1:
             raise SettingsError(f"batch={self.batch}: must be >= 1 (tiles per network call)")
-        if self.precision not in PRECISIONS:
+
+    def _check_guidance(self) -> None:
+        if self.guidance == "none":
+            defaults = InferenceSettings.__dataclass_fields__
+            changed = [
+                name for name in sorted(_GUIDANCE_FIELDS) if getattr(self, name) != defaults[name].default
+            ]
+            if changed:
+                flags = ", ".join(_flag(name) for name in changed)
+                raise SettingsError(
+                    f"{', '.join(changed)} set without guidance: they have no effect while guidance is none; add "
+                    f"--guidance lr-consistency, or drop {flags}"
+                )
+            return
+        if self.sampler == "onestep":
             raise SettingsError(
-                f"precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
+                f"guidance {self.guidance} with sampler onestep: one-step sampling makes a single network call, "
+                "so there is no step to guide; use --sampler ddim or ancestral, or --guidance none"
+            )
+        if self.guidance_steps is not None and self.guidance_steps < 1:
+            raise SettingsError(
+                f"guidance_steps={self.guidance_steps}: must be >= 1 (or unset/0 to guide every step)"
             )
 
     # ------------------------------------------------------------------ checks against a model
 
     def check_steps(self, preset_steps: int) -> None:
-        """Raise ``SettingsError`` when ``steps`` exceeds the model's ``preset_steps`` (call before any work)."""
+        """Raise ``SettingsError`` when ``steps`` exceeds the model's ``preset_steps``, or ``guidance_steps`` the
+        steps this run can guide (call before any work)."""
         if self.steps is not None and self.steps > preset_steps:
             raise SettingsError(
                 f"steps={self.steps}: this model's schedule has {preset_steps} steps; use 1..{preset_steps} "
                 "(or unset for all of them)"
+            )
+        total = preset_steps if self.steps is None else self.steps
+        if self.guidance != "none" and self.guidance_steps is not None and self.guidance_steps > total - 1:
+            raise SettingsError(
+                f"guidance_steps={self.guidance_steps}: this run has {total} steps, of which {total - 1} can be "
+                f"guided (t = {total - 1}..1; the last update ignores its input); use 1..{max(total - 1, 1)} or "
+                "unset for all of them"
+            )
+        if self.guidance != "none" and total < 2:
+            raise SettingsError(
+                f"guidance with {total} step: a one-step chain has no step that guidance can move; use "
+                "--steps 2 or more, or --guidance none"
             )
 
     # ------------------------------------------------------------------ conversions
@@ -170,15 +270,26 @@ class InferenceSettings:
 
     def digest(self) -> str:
         """sha256 (hex, first 16) of the fields that change output pixels, in canonical JSON."""
-        fields = {k: v for k, v in self.to_params().items() if k not in _PERFORMANCE_ONLY}
+        skip = _PERFORMANCE_ONLY | (
+            _GUIDANCE_FIELDS | {"guidance"} if self.guidance == "none" else frozenset()
+        )
+        fields = {k: v for k, v in self.to_params().items() if k not in skip}
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def describe(self) -> str:
-        """Short human form for summaries: ``onestep, seed 0, tile 256/32, batch 1, auto``."""
+        """Short human form for summaries: ``onestep, seed 0, tile 256/32, batch 1, auto`` (+ guidance when on)."""
         steps = "" if self.steps is None else f" {self.steps} steps,"
         tile = "no tiling" if self.tile is None else f"tile {self.tile}/{self.tile_overlap}"
-        return f"{self.sampler},{steps} seed {self.seed}, {tile}, batch {self.batch}, {self.precision}"
+        text = f"{self.sampler},{steps} seed {self.seed}, {tile}, batch {self.batch}, {self.precision}"
+        if self.guidance == "none":
+            return text
+        where = "all steps" if self.guidance_steps is None else f"{self.guidance_steps} steps"
+        prior = f", spectral {self.guidance_spectral:g}" if self.guidance_spectral else ""
+        return (
+            f"{text}, guidance {self.guidance} scale {self.guidance_scale:g} {self.guidance_schedule} "
+            f"over {where}{prior}"
+        )
 
     # ------------------------------------------------------------------ command line
 
@@ -192,10 +303,14 @@ class InferenceSettings:
             default = getattr(defaults, f.name)
             shown = 0 if default is None and zero_is_none else default
             kwargs: dict[str, Any] = {"dest": f"inference_{f.name}", "default": None}
-            if f.name == "sampler":
-                kwargs["choices"] = SAMPLER_NAMES
-            elif f.name == "precision":
-                kwargs["choices"] = PRECISIONS
+            if f.name in _CHOICES:
+                kwargs["choices"] = _CHOICES[f.name]
+            elif f.name in _BOOLS:
+                kwargs["action"] = argparse.BooleanOptionalAction
+                shown = "on" if default else "off"
+            elif f.name in _FLOATS:
+                kwargs["type"] = float
+                kwargs["metavar"] = "X"
             else:
                 kwargs["type"] = int
                 kwargs["metavar"] = "N"
@@ -223,8 +338,12 @@ class InferenceSettings:
 def _parse_value(key: str, raw: Any) -> Any:
     """One params/record value for field ``key``: strings are parsed, ``0``/``None`` mean None where allowed."""
     zero_is_none = _FIELD_DOC[key][1]
-    if key in ("sampler", "precision"):
+    if key in _CHOICES:
         return str(raw)
+    if key in _BOOLS:
+        return _parse_bool(key, raw)
+    if key in _FLOATS:
+        return _parse_float(key, raw)
     if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
         if zero_is_none:
             return None
@@ -242,8 +361,33 @@ def _parse_value(key: str, raw: Any) -> Any:
     return value
 
 
+def _parse_float(key: str, raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise SettingsError(f"inference parameter {key} must be a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"inference parameter {key} must be a number, got {raw!r}") from None
+    return value
+
+
+def _parse_bool(key: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(f"inference parameter {key} must be true or false, got {raw!r}")
+
+
 __all__ = [
     "DEVICES",
+    "GUIDANCE_NAMES",
+    "GUIDANCE_SCHEDULES",
+    "GuidanceName",
+    "GuidanceScheduleName",
     "PRECISIONS",
     "RECORD_PREFIX",
     "SAMPLER_NAMES",

@@ -13,6 +13,12 @@ the noise does not depend on the device.
 
 How to upscale is an ``InferenceSettings`` (``settings.py``): the one set of defaults shared by the CLI,
 evaluation, the pyfunc, training validation and the batch job.
+
+Autograd: unguided sampling runs entirely under ``torch.inference_mode()``. With gradient guidance
+(``settings.guidance``, ``difiisr.diffusion.guidance``) the work runs under ``torch.no_grad()`` instead, and only
+the guided steps enable autograd: the sampler takes the denoiser's x0_hat with a graph back to z_t, and the hook
+decodes it through ``Conditioner.decode_differentiable`` against the chunk's padded LR tile. Conditioning, the
+unguided steps and the final decode stay gradient-free, so they compute the same numbers as without guidance.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from difiisr.diffusion import SAMPLERS, ResShiftDiffusion
+from difiisr.diffusion import SAMPLERS, Guidance, ResShiftDiffusion
+from difiisr.diffusion.guidance import lr_consistency_guidance, step_sizes
 from difiisr.errors import DifiisrError
 from difiisr.inference.settings import DEVICES, InferenceSettings, SettingsError
 from difiisr.inference.tiling import (
@@ -248,9 +255,32 @@ class Upscaler:
         noise = noise.to(self.device, torch.float32)
         with self._autocast(resolve_dtype(self.device, settings.precision)):
             z_y, lq = self.conditioner.condition(y)
-            x0 = SAMPLERS[settings.sampler](self._model, diffusion, z_y, lq, noise)
+            guidance = self._guidance(y, diffusion, settings)
+            x0 = SAMPLERS[settings.sampler](self._model, diffusion, z_y, lq, noise, guidance=guidance)
             out = self.conditioner.decode(x0)
         return out.clamp_(-1.0, 1.0)
+
+    def _lambdas(self, diffusion: ResShiftDiffusion, settings: InferenceSettings) -> Tensor | None:
+        """Per-step guidance sizes ``(T,)`` for ``settings``, or None when no step is guided (off, or scale 0)."""
+        if settings.guidance == "none":
+            return None
+        lambdas = step_sizes(
+            settings.guidance_schedule, settings.guidance_scale, diffusion.etas, settings.guidance_steps
+        )
+        return lambdas if bool((lambdas != 0).any()) else None
+
+    def _guidance(
+        self, y: Tensor, diffusion: ResShiftDiffusion, settings: InferenceSettings
+    ) -> Guidance | None:
+        """The sampler hook for the padded LR chunk ``y`` ``(n,3,h,w)``, or None without guidance."""
+        lambdas = self._lambdas(diffusion, settings)
+        if lambdas is None:
+            return None
+
+        def decode(z: Tensor) -> Tensor:
+            return self.conditioner.decode_differentiable(z, checkpoint=settings.guidance_checkpoint)
+
+        return lr_consistency_guidance(y, decode, lambdas, sf=self.sf, mu=settings.guidance_spectral)
 
     def _noise(self, batch: int, height: int, width: int, draws: int, seed: int) -> Tensor:
         """``(B, draws, C, height, width)`` float32 standard normal; every image draws from its own CPU generator
@@ -299,7 +329,9 @@ class Upscaler:
         chunks = list(batched(items, settings.batch))
         blender = None if len(tiles) == 1 else TileBlender(b, 3, hp * sf, wp * sf)
         singles: list[Tensor] = []
-        with torch.inference_mode():
+        # guided steps need autograd: then only no_grad here (inference tensors cannot enter a graph)
+        guided = self._lambdas(diffusion, settings) is not None
+        with torch.no_grad() if guided else torch.inference_mode():
             for chunk in tqdm(
                 chunks, desc="tiles", unit="batch", leave=False, disable=not progress or len(chunks) < 2
             ):

@@ -9,7 +9,8 @@ For a preset with scale ``sf``, an LR batch ``y`` ``(B,3,h,w)`` in [-1,1] gives
 - ``lq``: the LQ image the denoiser is conditioned on, at ``2**lq_downsamplings`` times the size of ``z_y``
   (the LR itself for x4 latent presets, ``y_up`` for pixel presets, a bicubic resize otherwise), or None.
 
-The training target is ``z_0 = encode(hr)``; a sample ``x0`` goes back to pixels with ``decode``.
+The training target is ``z_0 = encode(hr)``; a sample ``x0`` goes back to pixels with ``decode``, or with
+``decode_differentiable`` where a gradient must flow back to it (gradient guidance, training losses on pixels).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from difiisr.models.preset import ModelPreset
 from difiisr.models.vqgan import VQGANf4
@@ -89,6 +91,20 @@ class Conditioner:
         """Diffusion space -> pixels ``(B,3,H,W)`` float32, not clamped."""
         return z.float() if self.autoencoder is None else self.autoencoder.decode(z).float()
 
+    def decode_differentiable(self, z: Tensor, *, checkpoint: bool = False) -> Tensor:
+        """``decode`` with a gradient to ``z``: pixels ``(B,3,H,W)`` float32, not clamped (pixel space: ``z``).
+
+        The VQGAN's nearest-code lookup has no gradient, so it is passed straight through (forward: the code;
+        backward: identity), and the plain decoder modules run with autograd. ``checkpoint`` recomputes each
+        decoder level in the backward pass instead of keeping its activations (``torch.utils.checkpoint``): less
+        memory, about one more decoder forward of time. The forward values equal ``decode``'s plain path.
+        """
+        if self.autoencoder is None:
+            return z.float()
+        ae = self.autoencoder
+        quantized = z + (ae.quantize(z) - z).detach()
+        return _decode_levels(ae.decoder, ae.post_quant_conv(quantized), checkpoint).float()
+
     def condition(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
         """LR ``(B,3,h,w)`` in [-1,1] -> ``(z_y, lq)``."""
         y_up = bicubic_upsample(y, self.preset.sf)
@@ -103,6 +119,26 @@ class Conditioner:
         else:
             z0, z_y = self.encode(torch.cat([hr, y_up])).chunk(2)
         return z0, z_y, lq_input(self.preset, y, y_up, (z_y.shape[-2], z_y.shape[-1]))
+
+
+def _decode_levels(decoder: torch.nn.Module, h: Tensor, checkpoint: bool) -> Tensor:
+    """The VQGAN ``Decoder.forward`` steps (input conv and middle, each level with its upsample, output head),
+    each one checkpointed when ``checkpoint``."""
+
+    def run(fn, x: Tensor) -> Tensor:  # noqa: ANN001 - any callable of one tensor
+        return _checkpoint(fn, x, use_reentrant=False) if checkpoint else fn(x)
+
+    def level_fn(level: torch.nn.Module):  # noqa: ANN202
+        def step(x: Tensor) -> Tensor:
+            x = level.run(x)
+            return level.upsample(x) if hasattr(level, "upsample") else x
+
+        return step
+
+    h = run(lambda x: decoder.mid(decoder.conv_in(x)), h)
+    for level in reversed(decoder.up):
+        h = run(level_fn(level), h)
+    return run(lambda x: decoder.conv_out(F.silu(decoder.norm_out(x))), h)
 
 
 __all__ = ["Conditioner", "bicubic_upsample", "lq_input", "net_scale"]

@@ -33,6 +33,10 @@ RUN_TAG_EVAL_NOT_COMPUTED_PREFIX = "eval_not_computed."
 # ---------------------------------------------------------------------------------------------------- metrics
 # Training metrics, logged every `log_every` steps and at each validation.
 METRIC_LOSS = "loss"
+# the terms of "loss" when the training config's losses: section is on (difiisr.training.losses)
+METRIC_LOSS_DIFFUSION = "loss_diffusion"
+METRIC_LOSS_SPECTRAL = "loss_spectral"
+METRIC_LOSS_PERCEPTUAL = "loss_perceptual"
 METRIC_LR = "lr"
 METRIC_GRAD_NORM = "grad_norm"
 METRIC_SAMPLES_PER_S = "samples_per_s"

@@ -7,6 +7,7 @@ ResShift/DifIISR recipe: AdamW lr 5e-5, 5k warm-up, global batch 64, 256x256 cro
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -141,6 +142,62 @@ class ValidationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpectralLossConfig:
+    """Visual / thermal-spectrum loss: L1 of log(1+|FFT|) between the decoded prediction and the HR crop."""
+
+    # 0 turns the term off.
+    weight: float = 0.0
+    # Radial frequency weighting (f / f_max)^radial_power, normalised to mean 1; 0 weights all equally.
+    radial_power: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("weight", "radial_power"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(
+                    f"losses.spectral.{key}={value}: must be >= 0", key=f"losses.spectral.{key}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class PerceptualLossConfig:
+    """Perceptual loss: VGG feature MSE at ReLU ``layers``, from a LOCAL torchvision VGG weights file only."""
+
+    # 0 turns the term off; without an existing weights_file the term is skipped with a warning.
+    weight: float = 0.0
+    weights_file: str | None = None
+    arch: Literal["vgg16", "vgg19"] = "vgg16"
+    layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError(
+                f"losses.perceptual.weight={self.weight}: must be >= 0", key="losses.perceptual.weight"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class LossesConfig:
+    """Optional training-time guidance losses on the decoded x0_hat vs HR, added to the diffusion loss (all off
+    by default). Latent presets decode a random ``decode_crop``^2 sub-crop of the latent (memory); pixel presets
+    use the whole crop."""
+
+    spectral: SpectralLossConfig = dataclasses.field(default_factory=SpectralLossConfig)
+    perceptual: PerceptualLossConfig = dataclasses.field(default_factory=PerceptualLossConfig)
+    # Side (latent pixels) of the decoded sub-crop; null decodes the whole latent crop.
+    decode_crop: int | None = 32
+    # Recompute the decoder's activations in the backward pass (less memory, one more decoder forward).
+    decode_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.decode_crop is not None and self.decode_crop < 1:
+            raise ConfigError(
+                f"losses.decode_crop={self.decode_crop}: must be >= 1 latent pixels, or null for the whole crop",
+                key="losses.decode_crop",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; ``out_dir`` receives checkpoints, logs and the exported model folder."""
 
@@ -162,6 +219,7 @@ class TrainConfig:
     init_from: str | None = None
     mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    losses: LossesConfig = dataclasses.field(default_factory=LossesConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.ema_decay < 1:

@@ -41,6 +41,7 @@ from difiisr.training.checkpointing import (
     prune_checkpoints,
 )
 from difiisr.training.config import TrainConfig
+from difiisr.training.losses import TrainingLosses
 from difiisr.training.metrics import METRICS_FILE, MetricsLog, truncate_metrics
 from difiisr.training.seeds import derive_seed, generator_for
 from difiisr.training.setup import DataFeed, Geometry, Networks, TrainError, start_tracking
@@ -98,16 +99,35 @@ def compute_losses(
     lq: torch.Tensor | None,
     t: torch.Tensor,
     noise: torch.Tensor,
+    *,
+    extra: TrainingLosses | None = None,
+    hr: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """The training losses of one micro-batch: the one place where loss terms are defined.
 
     ``z0``/``zy``: ``(B,C,H,W)`` target and degraded-input diffusion variables (latents or pixels in [-1,1]);
     ``lq``: the LQ conditioning image or None; ``t``: ``(B,)`` int64 time steps; ``noise``: like ``z0``.
+    ``extra``: the optional guidance losses of the ``losses:`` config (``difiisr.training.losses``), computed on
+    the differentiable x0_hat against ``hr`` ``(B,3,H,W)`` in [-1,1], with ``generator`` for their sub-crop.
     Returns 0-dim tensors: ``"loss"`` is backpropagated; every other key is a term logged alongside it
-    (window mean in ``metrics.jsonl`` and MLflow), e.g. a guidance loss added to ``"loss"`` with its weight.
+    (window mean in ``metrics.jsonl`` and MLflow): with ``extra``, ``loss_diffusion`` and each unweighted
+    guidance term (``loss_spectral``, ``loss_perceptual``), ``loss`` being their weighted sum.
     """
     out = diffusion.training_losses(unet, z0, zy, t, lq=lq, noise=noise)
-    return {names.METRIC_LOSS: out["loss"].mean()}
+    diffusion_loss = out["loss"].mean()
+    if extra is None:
+        return {names.METRIC_LOSS: diffusion_loss}
+    if hr is None or generator is None:
+        raise ValueError(
+            "compute_losses: the guidance losses need the HR batch and a generator for their crop"
+        )
+    weighted, terms = extra.terms(out["x0_hat"], hr, generator)
+    return {
+        names.METRIC_LOSS: diffusion_loss + weighted,
+        names.METRIC_LOSS_DIFFUSION: diffusion_loss.detach(),
+        **terms,
+    }
 
 
 def _reset_accelerate_state() -> None:
@@ -175,6 +195,9 @@ class _TrainingRun:
         self._numbers = iter(range(next_checkpoint_number(self.out_dir), 1 << 62))
         self._terms: dict[str, torch.Tensor] = {}  # loss-term sums over the micro-batches of the current step
         self._grad_norm = torch.zeros(())
+        self._extra_losses = TrainingLosses.build(
+            self.cfg.losses, self.nets.conditioner, self.accelerator.device, warn=self.geometry.main
+        )
 
     @classmethod
     def start(
@@ -318,7 +341,16 @@ class _TrainingRun:
             shape = (self.preset.unet.out_channels, nets.x_size, nets.x_size)
             t, noise = _sample_noise(cfg.seed, micro["position"], shape, nets.diffusion.num_timesteps)
             device = accelerator.device
-            terms = compute_losses(nets.diffusion, nets.unet, z0, zy, lq, t.to(device), noise.to(device))
+            guidance: dict[str, Any] = {}  # the optional losses: section (training/losses.py)
+            if self._extra_losses is not None:
+                guidance = {
+                    "extra": self._extra_losses,
+                    "hr": micro["hr"].to(device, non_blocking=True),
+                    "generator": generator_for(cfg.seed, "loss_crop", int(micro["position"][0])),
+                }
+            terms = compute_losses(
+                nets.diffusion, nets.unet, z0, zy, lq, t.to(device), noise.to(device), **guidance
+            )
             accelerator.backward(terms[names.METRIC_LOSS])
             for name, value in terms.items():
                 total = value.detach().float()

@@ -1,0 +1,246 @@
+"""Gradient guidance, measured: unguided vs sampling-time guided vs trained with the spectral loss (tiny, CPU).
+
+Protocol (every number from real runs of the package; nothing is tuned on the test images):
+
+1. Data: synthetic thermal scenes (``difiisr.data.synthetic.generate_scene``) with the bicubic x1/4 test protocol
+   (``degrade_folder(protocol="bicubic")``, Pillow bicubic): ``--train-images`` HR of ``--train-size``^2 (seeds
+   0..), ``--val-images`` and ``--test-images`` HR of ``--test-size``^2 (seeds 20000.., 10000..).
+2. Training (skipped for a folder that already holds ``model/``; ``--model DIR`` replaces the baseline): the
+   ``train_tiny`` recipe on main, via ``difiisr.training.train``, with ``max_steps=--steps``, no MLflow; the
+   spectral model is the same run (same seed, data, steps) with ``losses.spectral.weight=--spectral-weight`` and
+   ``losses.spectral.radial_power=--radial-power``.
+3. The guidance scale is chosen on the VALIDATION images: among ``--scales``, the largest LR-consistency PSNR
+   whose PSNR_Y is not below the unguided one (sweep printed).
+4. Test table (``--sampler``, seed 0, no tiling): PSNR_Y, SSIM_Y, NIQE (``difiisr.evaluation.metrics``),
+   LR-consistency PSNR = PSNR of Pillow's bicubic /4 of the 8-bit SR vs the LR (grey, data range 255), the
+   high-frequency spectrum error = mean |log(1+|F SR|) - log(1+|F HR|)| over frequencies above the LR Nyquist
+   (f > 0.125 cycles/pixel, orthonormal FFT of [-1,1] grey), and wall seconds per image.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/guidance.py --work outputs/bench_guidance
+    PYTHONPATH=src .venv/bin/python benchmarks/guidance.py --model outputs/train_tiny/model --skip-spectral
+
+A rerun reuses the data, the trained models and resumes an interrupted training.
+
+Timings depend on the machine and its load (printed with the hardware line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+LR_NYQUIST = 0.125  # cycles per SR pixel: the highest frequency a x1/4 LR holds
+
+
+def hardware_line() -> str:
+    """The machine (``benchmarks/inference.py``'s ``hardware``) plus the load average while this ran."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from inference import hardware  # the sibling benchmark script: one way to name the machine
+
+    info = hardware()
+    return ", ".join(f"{k} {v}" for k, v in info.items()) + f", load average {os.getloadavg()[0]:.1f}"
+
+
+def make_split(root: Path, name: str, n: int, size: int, first_seed: int) -> Path:
+    """``n`` synthetic HR scenes of ``size``^2 -> a bicubic-protocol pairs folder ``root/name``."""
+    from difiisr.data.synthetic import generate_scene
+    from difiisr.degradation import degrade_folder
+
+    pairs = root / name
+    if (pairs / "manifest.jsonl").is_file():
+        return pairs
+    hr = root / f"{name}_hr"
+    hr.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        Image.fromarray(generate_scene(size, size, seed=first_seed + k)).save(hr / f"{k:04d}.png")
+    degrade_folder(hr, pairs, protocol="bicubic", crop=None, progress=False)
+    return pairs
+
+
+def train_model(out: Path, data: Path, steps: int, overrides: list[str]) -> Path:
+    """Train the ``train_tiny`` recipe (plus ``overrides``) into ``out``; reuse ``out/model`` when present."""
+    from difiisr.training import load_train_config, train
+
+    if (out / "model" / "model.yaml").is_file():
+        logging.info("reusing %s", out / "model")
+        return out / "model"
+    cfg = load_train_config(
+        "train_tiny",
+        [
+            f"data.train_dir={data}",
+            f"max_steps={steps}",
+            "mlflow.enabled=false",
+            f"out_dir={out}",
+            f"log_every={max(1, steps // 10)}",
+            f"save_every={steps}",
+            *overrides,
+        ],
+    )
+    start = time.perf_counter()
+    result = train(cfg, resume=True)
+    if result.status != "completed" or result.model_dir is None:
+        raise SystemExit(f"training {out} {result.status} at step {result.step}; rerun to resume it")
+    logging.info("trained %s in %.0f s", out, time.perf_counter() - start)
+    return result.model_dir
+
+
+def hf_spectrum_error(sr: np.ndarray, hr: np.ndarray) -> float:
+    """Mean |log(1+|F sr|) - log(1+|F hr|)| over frequencies above the LR Nyquist, grey [-1,1] images."""
+    from difiisr.diffusion.guidance import log_amplitude_distance
+
+    def tensor(img: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(img.astype(np.float64) / 127.5 - 1.0)[None, None]
+
+    return float(log_amplitude_distance(tensor(sr), tensor(hr), band=(LR_NYQUIST, 1.0)))
+
+
+def evaluate(upscaler, pairs: Path, settings, *, full: bool = True) -> dict[str, float]:  # noqa: ANN001
+    """Mean metrics of ``upscaler`` with ``settings`` over a pairs folder (``full``: also SSIM, NIQE, HF error)."""
+    from difiisr.degradation.bicubic import bicubic_downsample
+    from difiisr.evaluation.metrics import niqe, psnr, psnr_y, ssim_y
+    from difiisr.io import read_image
+
+    rows: list[dict[str, float]] = []
+    for path in sorted((pairs / "lr").iterdir()):
+        lr = read_image(path).pixels
+        hr = read_image(pairs / "hr" / path.name).pixels
+        start = time.perf_counter()
+        sr = upscaler.upscale_array(lr, settings) if upscaler is not None else bicubic_sr(lr)
+        seconds = time.perf_counter() - start
+        row = {
+            "psnr_y": psnr_y(sr, hr),
+            "lr_psnr": psnr(bicubic_downsample(sr, 4), lr),
+            "s_per_image": seconds,
+        }
+        if full:
+            row.update(ssim_y=ssim_y(sr, hr), niqe=niqe(sr), hf_error=hf_spectrum_error(sr, hr))
+        rows.append(row)
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
+
+def bicubic_sr(lr: np.ndarray) -> np.ndarray:
+    """The bicubic x4 reference: torch bicubic (as z_y is formed), clamped and rounded to 8 bits."""
+    from difiisr.io import image_to_tensor, tensor_to_image
+    from difiisr.models.conditioning import bicubic_upsample
+
+    up = bicubic_upsample(image_to_tensor(lr), 4).clamp(-1, 1)
+    return tensor_to_image(up, bit_depth=8, channels=1)
+
+
+def choose_scale(upscaler, val: Path, base, scales: list[float], schedule: str) -> float:  # noqa: ANN001
+    """The scale of ``scales`` with the best validation LR-PSNR among those not lowering validation PSNR_Y."""
+    plain = evaluate(upscaler, val, base, full=False)
+    print(f"\nscale sweep on {len(list((val / 'lr').iterdir()))} validation images ({schedule} schedule):")
+    print(f"  {'unguided':>10}  PSNR_Y {plain['psnr_y']:7.3f}  LR-PSNR {plain['lr_psnr']:6.2f}")
+    best, best_lr = scales[0], -np.inf
+    for scale in scales:
+        guided = base.replace(guidance="lr-consistency", guidance_scale=scale, guidance_schedule=schedule)
+        m = evaluate(upscaler, val, guided, full=False)
+        ok = m["psnr_y"] >= plain["psnr_y"]
+        print(
+            f"  {scale:>10g}  PSNR_Y {m['psnr_y']:7.3f}  LR-PSNR {m['lr_psnr']:6.2f}{'' if ok else '  (lowers PSNR_Y)'}"
+        )
+        if ok and m["lr_psnr"] > best_lr:
+            best, best_lr = scale, m["lr_psnr"]
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--work", type=Path, default=Path("outputs/bench_guidance"), help="data, runs (reused)"
+    )
+    parser.add_argument("--model", type=Path, help="a trained tiny model folder to use as the baseline")
+    parser.add_argument("--skip-spectral", action="store_true", help="no spectral-loss model")
+    parser.add_argument("--steps", type=int, default=400, help="training steps of each model")
+    parser.add_argument("--train-images", type=int, default=48)
+    parser.add_argument("--train-size", type=int, default=128)
+    parser.add_argument("--val-images", type=int, default=4)
+    parser.add_argument("--test-images", type=int, default=8)
+    parser.add_argument("--test-size", type=int, default=192, help="HR side of val/test (NIQE needs >= 192)")
+    parser.add_argument("--spectral-weight", type=float, default=0.2)
+    parser.add_argument("--radial-power", type=float, default=1.0)
+    parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral"])
+    parser.add_argument("--scales", default="256,512,1024,2048", help="guidance scales tried on validation")
+    parser.add_argument("--schedule", default="constant", choices=["constant", "linear", "eta"])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    from difiisr.inference.settings import InferenceSettings
+    from difiisr.inference.upscaler import Upscaler
+
+    work = args.work
+    train = make_split(work, "train", args.train_images, args.train_size, 0)
+    val = make_split(work, "val", args.val_images, args.test_size, 20000)
+    test = make_split(work, "test", args.test_images, args.test_size, 10000)
+    baseline_dir = args.model or train_model(work / "baseline", train, args.steps, [])
+    spectral_dir = None
+    if not args.skip_spectral:
+        spectral_dir = train_model(
+            work / "spectral",
+            train,
+            args.steps,
+            [
+                f"losses.spectral.weight={args.spectral_weight}",
+                f"losses.spectral.radial_power={args.radial_power}",
+            ],
+        )
+
+    base = InferenceSettings(sampler=args.sampler, seed=0, tile=None)
+    baseline = Upscaler.from_folder(baseline_dir, device="cpu")
+    scale = choose_scale(baseline, val, base, [float(s) for s in args.scales.split(",")], args.schedule)
+    guided = base.replace(guidance="lr-consistency", guidance_scale=scale, guidance_schedule=args.schedule)
+
+    rows = {"bicubic": evaluate(None, test, base)}
+    rows["unguided"] = evaluate(baseline, test, base)
+    rows[f"guided (scale {scale:g})"] = evaluate(baseline, test, guided)
+    if spectral_dir is not None:
+        spectral = Upscaler.from_folder(spectral_dir, device="cpu")
+        rows["spectral-loss"] = evaluate(spectral, test, base)
+        rows["spectral-loss + guided"] = evaluate(spectral, test, guided)
+
+    print(f"\nhardware: {hardware_line()}")
+    print(
+        f"recipe: train_tiny on main, {args.steps} steps, {args.train_images} HR {args.train_size}^2 synthetic scenes "
+        f"(bicubic protocol); spectral model: losses.spectral weight {args.spectral_weight}, radial_power "
+        f"{args.radial_power}; sampler {args.sampler}, seed 0, {args.test_images} test HR {args.test_size}^2"
+    )
+    header = f"{'':26} {'PSNR_Y':>7} {'SSIM_Y':>7} {'NIQE':>6} {'LR-PSNR':>8} {'HF err':>7} {'s/img':>6}"
+    print(header)
+    for name, m in rows.items():
+        print(
+            f"{name:26} {m['psnr_y']:7.3f} {m['ssim_y']:7.4f} {m['niqe']:6.2f} {m['lr_psnr']:8.2f} "
+            f"{m['hf_error']:7.4f} {m['s_per_image']:6.2f}"
+        )
+
+    plain, g = rows["unguided"], rows[f"guided (scale {scale:g})"]
+    gain, dpsnr = g["lr_psnr"] - plain["lr_psnr"], g["psnr_y"] - plain["psnr_y"]
+    met = gain >= 3.0 and dpsnr >= 0
+    print(
+        f"\ntarget 1 (guidance: LR-PSNR +>=3 dB, PSNR_Y not lower): LR-PSNR {gain:+.2f} dB, PSNR_Y {dpsnr:+.3f} dB "
+        f"-> {'MET' if met else 'NOT MET'}"
+    )
+    if spectral_dir is not None:
+        s = rows["spectral-loss"]
+        dpsnr_s, dhf = s["psnr_y"] - plain["psnr_y"], s["hf_error"] - plain["hf_error"]
+        met_s = dpsnr_s >= 0 and dhf < 0
+        print(
+            f"target 2 (spectral loss: PSNR_Y not lower, HF spectrum error lower): PSNR_Y {dpsnr_s:+.3f} dB, "
+            f"HF error {dhf:+.4f} -> {'MET' if met_s else 'NOT MET'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
