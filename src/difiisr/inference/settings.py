@@ -56,7 +56,7 @@ def _flag(name: str) -> str:
 _FIELD_DOC: dict[str, tuple[str, bool]] = {
     "sampler": ("reverse process: onestep (one network call at the noisiest step), ddim or ancestral", False),
     "steps": (
-        "respace ddim/ancestral to N steps (default and 0: the preset's steps; not with onestep)",
+        "respace ddim/ancestral to N >= 1 steps; not with onestep",
         True,
     ),
     "seed": ("seed of all sampling noise (recorded with every output)", False),
@@ -302,6 +302,8 @@ class InferenceSettings:
             doc, zero_is_none = _FIELD_DOC[f.name]
             default = getattr(defaults, f.name)
             shown = 0 if default is None and zero_is_none else default
+            if f.name == "steps":  # on the command line 0 is refused (from_args): the default is "left out"
+                shown = "the preset's"
             kwargs: dict[str, Any] = {"dest": f"inference_{f.name}", "default": None}
             if f.name in _CHOICES:
                 kwargs["choices"] = _CHOICES[f.name]
