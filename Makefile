@@ -12,7 +12,7 @@ VARIANT ?= cuda
 MODEL ?= models:/difiisr-x4@champion
 SERVE_ARGS ?=
 
-.PHONY: install test lint demo bench clean stack-up stack-down stack-status serve image compile
+.PHONY: install test lint demo bench bench-quality clean stack-up stack-down stack-status serve image compile
 
 install: $(STAMP)
 
@@ -41,9 +41,17 @@ else
 	$(PY) pipelines/train_eval.py --root $(DEMO_DIR) $(DEMO_ARGS)
 endif
 
+# Speed and memory figures (each script names the hardware). bench-quality trains tiny models on CPU (~25 min):
+# the demo recipe against bicubic per seed, and gradient guidance / the spectral loss against unguided.
 bench: $(STAMP)
 	$(PY) benchmarks/degradation.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/batch.py
+	$(PY) benchmarks/vqgan_memory.py
+
+bench-quality: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/tiny_recipe.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/guidance.py
 
 stack-up: $(STAMP)
 	$(PY) -m difiisr.stack up

@@ -18,6 +18,7 @@ from difiisr.diffusion.guidance import (
     log_amplitude_distance,
     lr_consistency,
     lr_consistency_guidance,
+    lr_consistency_x0_guidance,
     power_law_fit,
     spectral_prior,
     spectral_target,
@@ -114,6 +115,36 @@ def test_the_hook_moves_z_by_lambda_times_the_finite_difference_gradient() -> No
     assert hook(z_in, torch.tensor([0]), x0_of(z_in)) is z_in
 
 
+def test_the_x0_hook_moves_the_estimate_by_lambda_times_the_finite_difference_gradient() -> None:
+    """Estimate space: x0_hat -> D (a smooth stand-in decoder) -> L = C + mu S, against central differences; the
+    hook sees no graph from the denoiser and takes its own gradient."""
+    weight = rand(1, 1, 3, 3, seed=16) * 0.3
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x + torch.nn.functional.conv2d(x, weight, padding=1))
+
+    y = power_law_image(MIN_PRIOR_SIDE, 2.0, seed=17)
+    x0 = rand(1, 1, 2 * MIN_PRIOR_SIDE, 2 * MIN_PRIOR_SIDE, seed=18) * 0.5
+    mu, lam = 0.01, 0.3
+    hook = lr_consistency_x0_guidance(y, decode, torch.tensor([lam, 0.0], dtype=torch.float64), sf=2, mu=mu)
+    with torch.no_grad():  # as in the Upscaler: the hook enables autograd itself
+        moved = hook(x0, torch.tensor([0]))
+    assert not moved.requires_grad
+    target = spectral_target(y, 2)
+
+    def loss(v: torch.Tensor) -> float:
+        return float(guidance_loss(decode(v), y, 2, mu, target))
+
+    h, numeric = 1e-6, torch.zeros_like(x0)
+    flat = numeric.view(-1)
+    for i in range(x0.numel()):
+        step = torch.zeros_like(x0).view(-1)
+        step[i] = h
+        flat[i] = (loss(x0 + step.view_as(x0)) - loss(x0 - step.view_as(x0))) / (2 * h)
+    torch.testing.assert_close((x0 - moved) / lam, numeric, rtol=1e-5, atol=1e-6)
+    assert hook(x0, torch.tensor([1])) is x0  # lambda 0: unchanged, nothing computed
+
+
 # ---------------------------------------------------------------------------------------------- schedule
 
 
@@ -124,8 +155,19 @@ def test_step_sizes_per_schedule() -> None:
     torch.testing.assert_close(step_sizes("eta", 1.0, etas), torch.tensor([0, 1, 6.25, 20.25]).double())
     torch.testing.assert_close(step_sizes("constant", 2.0, etas, 2), torch.tensor([0, 2, 2, 0.0]).double())
     assert not step_sizes("constant", 0.0, etas).any()
-    with pytest.raises(ValueError, match="a 4-step process can guide 1..3 steps"):
+    with pytest.raises(ValueError, match="a 4-step process can guide 1..3 steps in space xt"):
         step_sizes("constant", 1.0, etas, 4)
+    # estimate space: t = 0 is guided too (its corrected x0_hat is the output); the eta factor is relative to eta_0
+    x0 = {"space": "x0"}
+    torch.testing.assert_close(step_sizes("constant", 2.0, etas, **x0), torch.tensor([2, 2, 2, 2.0]).double())
+    torch.testing.assert_close(
+        step_sizes("constant", 2.0, etas, 2, **x0), torch.tensor([2, 2, 0, 0.0]).double()
+    )
+    torch.testing.assert_close(step_sizes("eta", 1.0, etas, **x0), torch.tensor([1, 4, 25, 81.0]).double())
+    with pytest.raises(ValueError, match="can guide 1..4 steps in space x0"):
+        step_sizes("constant", 1.0, etas, 5, **x0)
+    with pytest.raises(ValueError, match="space 'z' is unknown"):
+        step_sizes("constant", 1.0, etas, space="z")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="schedule 'cosine' is unknown"):
         step_sizes("cosine", 1.0, etas)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must be a finite number >= 0"):
@@ -196,10 +238,15 @@ def test_scale_zero_reproduces_the_unguided_sample_exactly(sampler) -> None:
     def model(x, t, lq):
         return unet(x, t, lq)
 
-    hook = lr_consistency_guidance(y, lambda v: v, torch.zeros(diffusion.num_timesteps), sf=4)
+    zeros = torch.zeros(diffusion.num_timesteps)
+    hook = lr_consistency_guidance(y, lambda v: v, zeros, sf=4)
+    x0_hook = lr_consistency_x0_guidance(y, lambda v: v, zeros, sf=4)
     plain = sampler(model, diffusion, zy, zy, generator=torch.Generator().manual_seed(3))
     guided = sampler(model, diffusion, zy, zy, generator=torch.Generator().manual_seed(3), guidance=hook)
-    assert torch.equal(plain, guided)
+    x0_guided = sampler(
+        model, diffusion, zy, zy, generator=torch.Generator().manual_seed(3), x0_guidance=x0_hook
+    )
+    assert torch.equal(plain, guided) and torch.equal(plain, x0_guided)
 
 
 @pytest.mark.parametrize("sampler", [sample_ddim, sample_ancestral])
@@ -228,3 +275,40 @@ def test_guidance_lowers_the_lr_consistency_error_on_a_known_problem(sampler) ->
 
     plain, weak, strong = error(0.0), error(2.0), error(8.0)
     assert strong < weak < plain and strong < 0.15 * plain, (plain, weak, strong)
+
+
+@pytest.mark.parametrize("sampler", [sample_ddim, sample_ancestral])
+def test_estimate_space_guidance_reaches_the_output_of_a_denoiser_that_ignores_z_t(sampler) -> None:
+    """Known answer for the failure mode of z_t guidance: a denoiser whose x0_hat does not depend on z_t at all
+    (it returns the bicubic upsampling, as a residual model starts) cannot be moved by a z_t correction, since the
+    last update's output is x0_hat itself. Estimate-space guidance corrects x0_hat, including at t = 0. This
+    model forgets every earlier correction (its x0_hat ignores z_t), so only the last one acts: one gradient step
+    of lambda = 8 = sf^2 / 2 from bicubic(y) cuts ||A(sample) - y||^2 to about a fifth."""
+    diffusion = pixel_process()
+    hr = power_law_image(64, 2.0, seed=19, channels=3).float()
+    y = bicubic_downsample_tensor(hr, 4)
+    zy = torch.nn.functional.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False)
+
+    def blind_model(x: torch.Tensor, t: torch.Tensor, lq: object) -> torch.Tensor:
+        return zy.expand_as(x).clone()  # x0_hat = bicubic(y) whatever z_t is
+
+    def run(**hooks: object) -> float:
+        out = sampler(
+            blind_model,
+            diffusion,
+            zy,
+            None,
+            generator=torch.Generator().manual_seed(5),
+            clip_x0=False,
+            **hooks,
+        )
+        return float(lr_consistency(out, y, 4))
+
+    plain = run()
+    lambdas = step_sizes("constant", 8.0, diffusion.etas, space="x0")
+    in_x0 = run(x0_guidance=lr_consistency_x0_guidance(y, lambda v: v, lambdas, sf=4))
+    in_xt = run(
+        guidance=lr_consistency_guidance(y, lambda v: v, step_sizes("constant", 8.0, diffusion.etas), sf=4)
+    )
+    assert in_xt == pytest.approx(plain, rel=1e-6)  # z_t guidance cannot move this output
+    assert in_x0 < 0.3 * plain, (plain, in_x0)

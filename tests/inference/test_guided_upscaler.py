@@ -43,22 +43,46 @@ def lr_error(sr: torch.Tensor, y: torch.Tensor) -> float:
     return float((bicubic_downsample_tensor(sr, 4) - y).pow(2).sum())
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
-def test_scale_zero_is_bit_identical_to_unguided(upscaler: Upscaler, lr: torch.Tensor, sampler: str) -> None:
+SPACES = pytest.mark.parametrize("space", ["x0", "xt"])
+SAMPLERS = pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+
+
+@SAMPLERS
+@SPACES
+def test_scale_zero_is_bit_identical_to_unguided(
+    upscaler: Upscaler, lr: torch.Tensor, sampler: str, space: str
+) -> None:
     plain = upscaler.upscale_tensor(lr, UNGUIDED.replace(sampler=sampler))
-    zero = upscaler.upscale_tensor(lr, GUIDED.replace(sampler=sampler, guidance_scale=0.0))
+    zero = upscaler.upscale_tensor(
+        lr, GUIDED.replace(sampler=sampler, guidance_scale=0.0, guidance_space=space)
+    )
     assert torch.equal(plain, zero)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
-def test_guidance_lowers_the_lr_consistency_error(upscaler: Upscaler, lr: torch.Tensor, sampler: str) -> None:
+@SAMPLERS
+@SPACES
+def test_guidance_lowers_the_lr_consistency_error(
+    upscaler: Upscaler, lr: torch.Tensor, sampler: str, space: str
+) -> None:
+    settings = GUIDED.replace(sampler=sampler, guidance_space=space)
     plain = upscaler.upscale_tensor(lr, UNGUIDED.replace(sampler=sampler))
-    guided = upscaler.upscale_tensor(lr, GUIDED.replace(sampler=sampler))
+    guided = upscaler.upscale_tensor(lr, settings)
     assert guided.shape == plain.shape and not torch.equal(guided, plain)
     assert lr_error(guided, lr) < lr_error(plain, lr)
     # each image is guided by its own LR only: alone it gets the same output as in the batch
-    alone = upscaler.upscale_tensor(lr[1:], GUIDED.replace(sampler=sampler))
+    alone = upscaler.upscale_tensor(lr[1:], settings)
     torch.testing.assert_close(alone, guided[1:], rtol=0, atol=1e-5)
+
+
+def test_estimate_space_guidance_moves_a_model_that_starts_at_bicubic(lr: torch.Tensor) -> None:
+    """The shipped tiny preset before training: x0_hat = bicubic(y) whatever z_t is. z_t guidance cannot change
+    its output; estimate-space guidance (the default, scale 8) pulls A(SR) to the LR."""
+    at_bicubic = Upscaler.from_random(load_preset("tiny"), seed=0, device="cpu")
+    plain = at_bicubic.upscale_tensor(lr, UNGUIDED)
+    in_xt = at_bicubic.upscale_tensor(lr, UNGUIDED.replace(guidance="lr-consistency", guidance_space="xt"))
+    in_x0 = at_bicubic.upscale_tensor(lr, UNGUIDED.replace(guidance="lr-consistency"))
+    assert torch.equal(in_xt, plain)
+    assert lr_error(in_x0, lr) < 0.5 * lr_error(plain, lr), (lr_error(plain, lr), lr_error(in_x0, lr))
 
 
 def test_tiled_guidance_runs_per_tile_and_lowers_the_error(upscaler: Upscaler, lr: torch.Tensor) -> None:
@@ -129,9 +153,9 @@ def test_cli_guidance_flags_reach_the_sampler(
         def __getattr__(self, attr: str) -> object:
             return getattr(real[self.name], attr)
 
-        def __call__(self, *args, guidance=None, **kwargs):  # noqa: ANN002, ANN003, ANN204
-            calls.append((self.name, guidance))
-            return real[self.name](*args, guidance=guidance, **kwargs)
+        def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
+            calls.append((self.name, kwargs.get("guidance") or kwargs.get("x0_guidance")))
+            return real[self.name](*args, **kwargs)
 
     monkeypatch.setattr(engine, "SAMPLERS", {name: Spy(name) for name in real})
     flags = ["--sampler", "ancestral", "--seed", "3", "--tile", "0", "--guidance", "lr-consistency",

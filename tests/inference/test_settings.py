@@ -95,7 +95,7 @@ def test_params_round_trip_with_zero_meaning_none() -> None:
     params = s.to_params()
     assert params == {
         "sampler": "ancestral", "steps": 3, "seed": 7, "tile": 0, "tile_overlap": 8, "batch": 2,
-        "precision": "fp32", "guidance": "none", "guidance_scale": 1.0, "guidance_steps": 0,
+        "precision": "fp32", "guidance": "none", "guidance_scale": 8.0, "guidance_steps": 0, "guidance_space": "x0",
         "guidance_schedule": "constant", "guidance_spectral": 0.0, "guidance_checkpoint": False,
     }  # fmt: skip
     assert InferenceSettings.from_params(params) == s
@@ -160,6 +160,7 @@ GUIDED = InferenceSettings(
     guidance="lr-consistency",
     guidance_scale=2.5,
     guidance_steps=2,
+    guidance_space="xt",
     guidance_schedule="linear",
     guidance_spectral=0.05,
     guidance_checkpoint=True,
@@ -169,8 +170,8 @@ GUIDED = InferenceSettings(
 def test_guidance_fields_round_trip_through_params_records_and_flags() -> None:
     params = GUIDED.to_params()
     assert {k: params[k] for k in params if k.startswith("guidance")} == {
-        "guidance": "lr-consistency", "guidance_scale": 2.5, "guidance_steps": 2, "guidance_schedule": "linear",
-        "guidance_spectral": 0.05, "guidance_checkpoint": True,
+        "guidance": "lr-consistency", "guidance_scale": 2.5, "guidance_steps": 2, "guidance_space": "xt",
+        "guidance_schedule": "linear", "guidance_spectral": 0.05, "guidance_checkpoint": True,
     }  # fmt: skip
     assert InferenceSettings.from_params(params) == GUIDED
     assert InferenceSettings.from_record(GUIDED.to_record()) == GUIDED
@@ -193,13 +194,14 @@ def test_guidance_fields_round_trip_through_params_records_and_flags() -> None:
     InferenceSettings.add_arguments(parser)
     args = parser.parse_args(
         ["--sampler", "ancestral", "--steps", "3", "--guidance", "lr-consistency", "--guidance-scale", "2.5",
-         "--guidance-steps", "2", "--guidance-schedule", "linear", "--guidance-spectral", "0.05",
-         "--guidance-checkpoint"]
+         "--guidance-steps", "2", "--guidance-space", "xt", "--guidance-schedule", "linear",
+         "--guidance-spectral", "0.05", "--guidance-checkpoint"]
     )  # fmt: skip
     assert InferenceSettings.from_args(args) == GUIDED
     assert InferenceSettings.from_args(parser.parse_args(["--no-guidance-checkpoint"])) == InferenceSettings()
     text = parser.format_help()
     assert "--guidance {none,lr-consistency}" in text and "--guidance-schedule {constant,linear,eta}" in text
+    assert "--guidance-space {x0,xt}" in text
 
 
 def test_digest_covers_guidance_only_when_it_is_on() -> None:
@@ -211,20 +213,28 @@ def test_digest_covers_guidance_only_when_it_is_on() -> None:
     on = unguided.replace(guidance="lr-consistency")
     assert on.digest() != unguided.digest()
     for change in ({"guidance_scale": 2.0}, {"guidance_steps": 1}, {"guidance_schedule": "eta"},
-                   {"guidance_spectral": 0.1}):  # fmt: skip
+                   {"guidance_spectral": 0.1}, {"guidance_space": "xt"}):  # fmt: skip
         assert on.replace(**change).digest() != on.digest(), change
     assert on.replace(guidance_checkpoint=True).digest() == on.digest()  # memory only, same pixels
 
 
 def test_guidance_steps_are_checked_against_the_run() -> None:
-    s = InferenceSettings(sampler="ddim", guidance="lr-consistency", guidance_steps=3)
+    s = InferenceSettings(sampler="ddim", guidance="lr-consistency", guidance_steps=3, guidance_space="xt")
     s.check_steps(4)
     with pytest.raises(
-        SettingsError, match="guidance_steps=3: this run has 3 steps, of which 2 can be guided"
+        SettingsError, match="guidance_steps=3: this run has 3 steps, of which 2 can be guided in space xt"
     ):
         s.replace(steps=3).check_steps(4)
     with pytest.raises(SettingsError, match="a one-step chain has no step that guidance can move"):
-        InferenceSettings(sampler="ddim", steps=1, guidance="lr-consistency").check_steps(4)
+        InferenceSettings(
+            sampler="ddim", steps=1, guidance="lr-consistency", guidance_space="xt"
+        ).check_steps(4)
+    # estimate space also guides t = 0, whose corrected x0_hat is the output
+    in_x0 = s.replace(guidance_space="x0", steps=3)
+    in_x0.check_steps(4)
+    InferenceSettings(sampler="ddim", steps=1, guidance="lr-consistency").check_steps(4)
+    with pytest.raises(SettingsError, match="of which 3 can be guided in space x0"):
+        in_x0.replace(guidance_steps=4).check_steps(4)
 
 
 def test_describe_names_the_guidance() -> None:

@@ -5,9 +5,19 @@ callable (``Conditioner.decode_differentiable``; the identity in pixel space).
 
 Sampling-time guidance
 ----------------------
-At each guided step t the sampler's state is corrected before its update (``samplers.Guidance``)::
+At each guided step t one gradient step on ``L(x) = C(D(x); y) + mu * S(D(x); y)`` corrects the chain before its
+update, in one of two spaces:
 
-    z_t <- z_t - lambda_t * grad_{z_t} L(x0_hat(z_t)),     L(x) = C(D(x); y) + mu * S(D(x); y)
+* ``xt`` (the paper's form, ``lr_consistency_guidance``, hook ``samplers.Guidance``): the state,
+  ``z_t <- z_t - lambda_t * grad_{z_t} L(x0_hat(z_t))``, with the gradient through the denoiser and the decoder.
+  The update then uses the corrected z_t with the same x0_hat. Its effect on the output goes through the
+  denoiser's Jacobian d x0_hat / d z_t (the last update returns x0_hat itself): a model that predicts the
+  residual from its LR condition, whose x0_hat hardly depends on z_t, barely moves.
+* ``x0`` (``lr_consistency_x0_guidance``, hook ``samplers.X0Guidance``): the estimate,
+  ``x0_hat <- x0_hat - lambda_t * grad_{x0_hat} L(x0_hat)``, with the gradient through the decoder only, and
+  the update uses the corrected x0_hat (as in manifold-preserving guided diffusion). At t = 0 the corrected
+  estimate is the output. In pixel space with sf = 4, lambda = sf^2 / 2 = 8 is about the largest step that
+  still contracts (each HR pixel gets about 1/sf^2 of an LR residual back through A's adjoint, times 2).
 
 summed over the images of a batch (every image's gradient depends on its own loss only). With ``sr = D(x0_hat)``
 ``(B,3,sf*h,sf*w)`` and the LR observation ``y`` ``(B,3,h,w)``, both in [-1,1]:
@@ -29,9 +39,9 @@ summed over the images of a batch (every image's gradient depends on its own los
   least ``MIN_PRIOR_SIDE`` pixels a side (``SpectralPriorError`` otherwise).
 
 ``lambda_t`` comes from ``step_sizes``: ``scale`` times the schedule's factor at the ``steps`` least-noisy steps
-t = steps..1; step t = 0 is never guided, because both updates ignore z_0 there (DDIM's m_0 and the posterior's
-eta_{-1}/eta_0 are 0). A gradient through the VQGAN decoder uses a straight-through quantiser (the nearest-code
-lookup has no gradient).
+that can move the sample: t = steps..1 in ``xt`` (both updates ignore z_0: DDIM's m_0 and the posterior's
+eta_{-1}/eta_0 are 0), t = steps-1..0 in ``x0``. A gradient through the VQGAN decoder uses a straight-through
+quantiser (the nearest-code lookup has no gradient).
 
 Training-time losses
 --------------------
@@ -51,10 +61,15 @@ import torch
 from torch import Tensor
 
 from difiisr.degradation.bicubic import bicubic_downsample_tensor
-from difiisr.diffusion.samplers import Guidance
+from difiisr.diffusion.samplers import Guidance, X0Guidance
 from difiisr.errors import DifiisrError
 
 GuidanceSchedule = Literal["constant", "linear", "eta"]
+GuidanceSpace = Literal["xt", "x0"]
+#: Where the gradient step is taken: ``xt`` corrects the state z_t through the denoiser's Jacobian (the paper's
+#: form); ``x0`` corrects the estimate x0_hat before the update (no gradient through the denoiser; see
+#: ``lr_consistency_x0_guidance``).
+SPACES: tuple[str, ...] = get_args(GuidanceSpace)
 #: lambda_t schedules: constant; linear (ramps up as the noise falls: (T - t) / (T - 1), 1 at t = 1);
 #: eta (follows the noise level: eta_t / eta_1, so the noisiest steps move most).
 SCHEDULES: tuple[str, ...] = get_args(GuidanceSchedule)
@@ -232,22 +247,30 @@ def step_sizes(
     scale: float,
     etas: Tensor,
     steps: int | None = None,
+    *,
+    space: GuidanceSpace = "xt",
 ) -> Tensor:
-    """lambda_t for t = 0..T-1, ``(T,)`` float64: ``scale`` times the schedule's factor at t = steps..1, else 0.
+    """lambda_t for t = 0..T-1, ``(T,)`` float64: ``scale`` times the schedule's factor at the guided steps, else 0.
 
-    ``etas``: the process's ``(T,)`` eta_t. ``steps`` (None: all T-1 steps that can move the sample) counts the
-    guided steps from the least noisy one up. Factors: constant 1; linear (T - t) / (T - 1); eta eta_t / eta_1.
+    ``etas``: the process's ``(T,)`` eta_t. The guided steps are the ``steps`` least-noisy steps that can move the
+    sample (None: all of them): t = steps..1 in ``space`` ``xt`` (z_0 is ignored by the last update), t =
+    steps-1..0 in ``x0`` (the corrected x0_hat at t = 0 is the output). Factors: constant 1; linear
+    (T - t) / (T - 1); eta eta_t / eta_1 (eta_t / eta_0 in x0).
     """
     total = int(etas.shape[0])
     if schedule not in SCHEDULES:
         raise ValueError(f"guidance schedule {schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
+    if space not in SPACES:
+        raise ValueError(f"guidance space {space!r} is unknown; use one of {', '.join(SPACES)}")
     if not (math.isfinite(scale) and scale >= 0):
         raise ValueError(f"guidance scale {scale!r}: must be a finite number >= 0")
-    guided = total - 1 if steps is None else int(steps)
-    if not 0 <= guided <= total - 1:
+    first = 0 if space == "x0" else 1
+    guidable = total - first
+    guided = guidable if steps is None else int(steps)
+    if not 0 <= guided <= guidable:
         raise ValueError(
-            f"guidance steps={steps}: a {total}-step process can guide 1..{total - 1} steps (t = 0 cannot move the "
-            "sample); lower it or leave it unset"
+            f"guidance steps={steps}: a {total}-step process can guide 1..{guidable} steps in space {space} "
+            f"(t = {total - 1}..{first}); lower it or leave it unset"
         )
     t = torch.arange(total, dtype=torch.float64)
     if schedule == "constant":
@@ -256,8 +279,8 @@ def step_sizes(
         factor = (total - t) / max(total - 1, 1)
     else:
         e = etas.to(torch.float64)
-        factor = e / e[1] if total > 1 else torch.ones_like(e)
-    mask = (t >= 1) & (t <= guided)
+        factor = e / e[first] if total > first else torch.ones_like(e)
+    mask = (t >= first) & (t < first + guided)
     return torch.where(mask, scale * factor, torch.zeros_like(factor))
 
 
@@ -305,8 +328,49 @@ def lr_consistency_guidance(
         sr = decode(x0_hat)
         with torch.autocast(device_type=sr.device.type, enabled=False):
             loss = guidance_loss(sr.float(), y.float(), sf, mu, target)
-        (grad,) = torch.autograd.grad(loss, z_t)
-        return z_t - step * grad.to(z_t.dtype)
+        if not loss.requires_grad:  # x0_hat does not depend on z_t: nothing a z_t step can change
+            return z_t
+        (grad,) = torch.autograd.grad(loss, z_t, allow_unused=True)
+        return z_t if grad is None else z_t - step * grad.to(z_t.dtype)
+
+    return hook
+
+
+def lr_consistency_x0_guidance(
+    y: Tensor,
+    decode: Decoder,
+    lambdas: Tensor,
+    *,
+    sf: int,
+    mu: float = 0.0,
+) -> X0Guidance:
+    """The estimate-space hook: ``x0_hat <- x0_hat - lambda_t grad_{x0_hat} L(x0_hat)`` (same L and arguments as
+    ``lr_consistency_guidance``).
+
+    The gradient runs through the decoder only, not the denoiser, so a guided step costs one decoder pass more
+    than an unguided one, and the correction reaches the output even where the denoiser's x0_hat hardly depends
+    on z_t (a model that predicts the residual from its LR condition). At t = 0 the corrected estimate is the
+    sample. This is the estimate-space counterpart of the paper's z_t update (as in manifold-preserving guided
+    diffusion); ``step_sizes(..., space="x0")`` gives its lambdas.
+    """
+    y = y.detach()
+    target = spectral_target(y, sf) if mu else None
+    sizes = [float(v) for v in lambdas]
+
+    def hook(x0_hat: Tensor, t: Tensor) -> Tensor:
+        index = int(t[0])
+        if bool((t != index).any()):
+            raise ValueError(f"guidance: one step index per batch expected, got {t.tolist()}")
+        step = sizes[index]
+        if step == 0.0:
+            return x0_hat
+        x0 = x0_hat.detach().requires_grad_(True)
+        with torch.enable_grad():
+            sr = decode(x0)
+            with torch.autocast(device_type=sr.device.type, enabled=False):
+                loss = guidance_loss(sr.float(), y.float(), sf, mu, target)
+            (grad,) = torch.autograd.grad(loss, x0)
+        return (x0 - step * grad.to(x0.dtype)).detach()
 
     return hook
 
@@ -317,8 +381,10 @@ __all__ = [
     "MIN_PRIOR_SIDE",
     "PRIOR_BINS",
     "SCHEDULES",
+    "SPACES",
     "Decoder",
     "GuidanceSchedule",
+    "GuidanceSpace",
     "SpectralPriorError",
     "frequency_radius",
     "guidance_loss",
@@ -326,6 +392,7 @@ __all__ = [
     "log_amplitude_distance",
     "lr_consistency",
     "lr_consistency_guidance",
+    "lr_consistency_x0_guidance",
     "power_law_fit",
     "ring_log_power",
     "spectral_prior",

@@ -27,6 +27,11 @@ from difiisr.diffusion.resshift import Model, ResShiftDiffusion, draw_noise
 #: It runs with autograd enabled; ``z_t`` requires grad and ``x0_hat`` is a differentiable function of it.
 Guidance = Callable[[Tensor, Tensor, Tensor], Tensor]
 
+#: Estimate-level hook ``x0_guidance(x0_hat (B,C,H,W), t (B,) int64) -> corrected x0_hat``, called at every step
+#: after ``guidance`` and before the update (x0_hat has no graph: the hook takes its own gradients). At t = 0 the
+#: corrected estimate is the sample itself.
+X0Guidance = Callable[[Tensor, Tensor], Tensor]
+
 #: One reverse update ``step(x0_hat, z_t, t (B,) int64, index) -> z_{t-1}``; ``index`` is t as a Python int.
 StepFn = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 
@@ -61,18 +66,20 @@ def sample_ddim(
     noise: Tensor | None = None,
     progress: bool = False,
     guidance: Guidance | None = None,
+    x0_guidance: X0Guidance | None = None,
     clip_x0: bool | None = None,
 ) -> Tensor:
     """Deterministic DDIM with the y term over all T steps: z_{t-1} = k_t x0_hat + m_t z_t + j_t z_y; ``(B,C,H,W)``.
 
-    ``guidance`` (optional) is called once per step with (z_t, t, x0_hat) and returns the z_t to update from.
+    ``guidance`` (optional) is called once per step with (z_t, t, x0_hat) and returns the z_t to update from;
+    ``x0_guidance`` (optional) then returns the x0_hat to update with.
     """
 
     def step(x0_hat: Tensor, z_t: Tensor, t: Tensor, index: int) -> Tensor:
         return diffusion.ddim_step(x0_hat, z_t, zy, t)
 
     return _reverse_chain(
-        model, diffusion, zy, lq, step, generator, noise, progress, guidance, clip_x0, "ddim"
+        model, diffusion, zy, lq, step, generator, noise, progress, (guidance, x0_guidance), clip_x0, "ddim"
     )
 
 
@@ -87,6 +94,7 @@ def sample_ancestral(
     step_noise: Tensor | None = None,
     progress: bool = False,
     guidance: Guidance | None = None,
+    x0_guidance: X0Guidance | None = None,
     clip_x0: bool | None = None,
 ) -> Tensor:
     """Ancestral sampling over all T steps: posterior mean + sqrt(var) noise (none at t = 0); ``(B,C,H,W)``.
@@ -94,7 +102,7 @@ def sample_ancestral(
     After the prior, step t = T-1..1 adds noise: ``step_noise[k]`` for the k-th of those steps when given
     (``(T-1,B,C,H,W)`` standard normal, drawn up front, e.g. once for a whole tiled image), else a fresh draw from
     ``generator`` (global RNG when None). ``guidance`` (optional) is called once per step with (z_t, t, x0_hat)
-    and returns the z_t to update from.
+    and returns the z_t to update from; ``x0_guidance`` (optional) then returns the x0_hat to update with.
     """
     steps_with_noise = diffusion.num_timesteps - 1
     if step_noise is not None and (step_noise.ndim != zy.ndim + 1 or step_noise.shape[0] != steps_with_noise):
@@ -112,7 +120,17 @@ def sample_ancestral(
         return diffusion.ancestral_step(x0_hat, z_t, t, drawn)
 
     return _reverse_chain(
-        model, diffusion, zy, lq, step, generator, noise, progress, guidance, clip_x0, "ancestral"
+        model,
+        diffusion,
+        zy,
+        lq,
+        step,
+        generator,
+        noise,
+        progress,
+        (guidance, x0_guidance),
+        clip_x0,
+        "ancestral",
     )
 
 
@@ -125,7 +143,7 @@ def _reverse_chain(
     generator: torch.Generator | None,
     noise: Tensor | None,
     progress: bool,
-    guidance: Guidance | None,
+    hooks: tuple[Guidance | None, X0Guidance | None],
     clip_x0: bool | None,
     name: str,
 ) -> Tensor:
@@ -133,8 +151,9 @@ def _reverse_chain(
 
     Model calls run without autograd, except with ``guidance``: then z_t is a leaf requiring grad, x0_hat is
     computed from it with autograd on, and the hook's corrected z_t (detached) enters the update together with
-    that same x0_hat (the model is not called again).
+    that same x0_hat (the model is not called again). ``hooks[1]`` (x0_guidance) then corrects that x0_hat.
     """
+    guidance, x0_guidance = hooks
     clip = diffusion.clip_x0 if clip_x0 is None else clip_x0
     batch = zy.shape[0]
     with torch.no_grad():
@@ -158,6 +177,8 @@ def _reverse_chain(
                         f"it must return a corrected z_t of shape {tuple(z.shape)}"
                     )
                 z, x0_hat = corrected.detach(), x0_hat.detach()
+            if x0_guidance is not None:
+                x0_hat = x0_guidance(x0_hat, t).detach()
             with torch.no_grad():
                 z = step(x0_hat, z, t, index)
             bar.update(1)
@@ -189,6 +210,7 @@ class Sampler:
         noise: Tensor,
         *,
         guidance: Guidance | None = None,
+        x0_guidance: X0Guidance | None = None,
         progress: bool = False,
     ) -> Tensor:
         """x0 ``(B,C,H,W)`` from pre-drawn ``noise`` ``(noise_draws(T),B,C,H,W)``: [0] the prior, [k] step T-k."""
@@ -199,15 +221,24 @@ class Sampler:
                 f"{', '.join(map(str, zy.shape))})"
             )
         if not self.iterative:
-            if guidance is not None:
+            if guidance is not None or x0_guidance is not None:
                 raise ValueError("onestep sampling makes one network call; guidance needs ddim or ancestral")
             return sample_onestep(model, diffusion, zy, lq, noise=noise[0])
         if self.noise_per_step:
             return sample_ancestral(
                 model, diffusion, zy, lq, noise=noise[0], step_noise=noise[1:], progress=progress,
-                guidance=guidance,
+                guidance=guidance, x0_guidance=x0_guidance,
             )  # fmt: skip
-        return sample_ddim(model, diffusion, zy, lq, noise=noise[0], progress=progress, guidance=guidance)
+        return sample_ddim(
+            model,
+            diffusion,
+            zy,
+            lq,
+            noise=noise[0],
+            progress=progress,
+            guidance=guidance,
+            x0_guidance=x0_guidance,
+        )
 
 
 #: Every sampler by name (read only).

@@ -12,9 +12,10 @@ and ``digest()`` names the settings that change output pixels (everything but ``
 ``guidance_checkpoint``; the ``guidance_*`` fields only when guidance is on, so unguided settings keep the digest
 they had before guidance existed), so an output made with other settings is recognised as such.
 
-Gradient guidance (``guidance``, ``guidance_*``; the math is in ``difiisr.diffusion.guidance``) corrects the
-ddim/ancestral state at ``guidance_steps`` steps by ``-lambda_t grad ||A(D(x0_hat)) - y||^2 (+ mu spectral
-prior)``, with ``lambda_t = guidance_scale x`` the ``guidance_schedule`` factor.
+Gradient guidance (``guidance``, ``guidance_*``; the math is in ``difiisr.diffusion.guidance``) takes a gradient
+step ``-lambda_t grad ||A(D(x0_hat)) - y||^2 (+ mu spectral prior)`` at ``guidance_steps`` ddim/ancestral steps,
+on the estimate x0_hat (``guidance_space`` ``x0``, the default) or on the state z_t (``xt``, the paper's form),
+with ``lambda_t = guidance_scale x`` the ``guidance_schedule`` factor.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ SamplerName = Literal["onestep", "ddim", "ancestral"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 GuidanceName = Literal["none", "lr-consistency"]
 GuidanceScheduleName = Literal["constant", "linear", "eta"]
+GuidanceSpaceName = Literal["x0", "xt"]
 SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
 GUIDANCE_NAMES: tuple[str, ...] = get_args(GuidanceName)
 GUIDANCE_SCHEDULES: tuple[str, ...] = get_args(GuidanceScheduleName)
+GUIDANCE_SPACES: tuple[str, ...] = get_args(GuidanceSpaceName)
 #: Device choices of every verb that runs a model (``auto`` = CUDA when available, else CPU; ``cuda:N`` also works).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -71,8 +74,14 @@ _FIELD_DOC: dict[str, tuple[str, bool]] = {
     ),
     "guidance_scale": ("guidance step size lambda (0 = no correction)", False),
     "guidance_steps": (
-        "guide the K least-noisy steps that can move the sample (t = K..1); default and 0: all of them",
+        "guide the K least-noisy steps that can move the sample (t = K-1..0 in x0, K..1 in xt); default and 0: "
+        "all of them",
         True,
+    ),
+    "guidance_space": (
+        "where the gradient step is taken: x0 corrects the estimate x0_hat before each update (gradient through "
+        "the decoder only; also the last step), xt corrects the state z_t through the denoiser (the paper's form)",
+        False,
     ),
     "guidance_schedule": (
         "lambda_t over the steps: constant, linear (grows as the noise falls) or eta (follows the noise level)",
@@ -92,12 +101,20 @@ _FIELD_DOC: dict[str, tuple[str, bool]] = {
 _PERFORMANCE_ONLY = frozenset({"batch", "guidance_checkpoint"})
 #: Fields that only matter when ``guidance`` is on (left out of ``digest`` when it is off).
 _GUIDANCE_FIELDS = frozenset(
-    {"guidance_scale", "guidance_steps", "guidance_schedule", "guidance_spectral", "guidance_checkpoint"}
+    {
+        "guidance_scale",
+        "guidance_steps",
+        "guidance_space",
+        "guidance_schedule",
+        "guidance_spectral",
+        "guidance_checkpoint",
+    }
 )
 _CHOICES: dict[str, tuple[str, ...]] = {
     "sampler": SAMPLER_NAMES,
     "precision": PRECISIONS,
     "guidance": GUIDANCE_NAMES,
+    "guidance_space": GUIDANCE_SPACES,
     "guidance_schedule": GUIDANCE_SCHEDULES,
 }
 _FLOATS = frozenset({"guidance_scale", "guidance_spectral"})
@@ -122,8 +139,9 @@ class InferenceSettings:
     batch: int = 1
     precision: Precision = "auto"
     guidance: GuidanceName = "none"
-    guidance_scale: float = 1.0
+    guidance_scale: float = 8.0
     guidance_steps: int | None = None
+    guidance_space: GuidanceSpaceName = "x0"
     guidance_schedule: GuidanceScheduleName = "constant"
     guidance_spectral: float = 0.0
     guidance_checkpoint: bool = False
@@ -207,13 +225,19 @@ class InferenceSettings:
                 "(or unset for all of them)"
             )
         total = preset_steps if self.steps is None else self.steps
-        if self.guidance != "none" and self.guidance_steps is not None and self.guidance_steps > total - 1:
-            raise SettingsError(
-                f"guidance_steps={self.guidance_steps}: this run has {total} steps, of which {total - 1} can be "
-                f"guided (t = {total - 1}..1; the last update ignores its input); use 1..{max(total - 1, 1)} or "
-                "unset for all of them"
+        guidable = total if self.guidance_space == "x0" else total - 1
+        if self.guidance != "none" and self.guidance_steps is not None and self.guidance_steps > guidable:
+            where = (
+                f"t = {total - 1}..0"
+                if self.guidance_space == "x0"
+                else (f"t = {total - 1}..1; the last update ignores its input z_0")
             )
-        if self.guidance != "none" and total < 2:
+            raise SettingsError(
+                f"guidance_steps={self.guidance_steps}: this run has {total} steps, of which {guidable} can be "
+                f"guided in space {self.guidance_space} ({where}); use 1..{max(guidable, 1)} or unset for all of "
+                "them"
+            )
+        if self.guidance != "none" and self.guidance_space == "xt" and total < 2:
             raise SettingsError(
                 f"guidance with {total} step: a one-step chain has no step that guidance can move; use "
                 "--steps 2 or more, or --guidance none"

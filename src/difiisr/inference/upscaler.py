@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from difiisr.diffusion import SAMPLERS, Guidance, ResShiftDiffusion
-from difiisr.diffusion.guidance import lr_consistency_guidance, step_sizes
+from difiisr.diffusion.guidance import lr_consistency_guidance, lr_consistency_x0_guidance, step_sizes
+from difiisr.diffusion.samplers import X0Guidance
 from difiisr.errors import DifiisrError
 from difiisr.inference.settings import DEVICES, InferenceSettings, SettingsError
 from difiisr.inference.tiling import (
@@ -255,8 +256,8 @@ class Upscaler:
         noise = noise.to(self.device, torch.float32)
         with self._autocast(resolve_dtype(self.device, settings.precision)):
             z_y, lq = self.conditioner.condition(y)
-            guidance = self._guidance(y, diffusion, settings)
-            x0 = SAMPLERS[settings.sampler](self._model, diffusion, z_y, lq, noise, guidance=guidance)
+            hooks = self._guidance(y, diffusion, settings)
+            x0 = SAMPLERS[settings.sampler](self._model, diffusion, z_y, lq, noise, **hooks)
             out = self.conditioner.decode(x0)
         return out.clamp_(-1.0, 1.0)
 
@@ -265,22 +266,32 @@ class Upscaler:
         if settings.guidance == "none":
             return None
         lambdas = step_sizes(
-            settings.guidance_schedule, settings.guidance_scale, diffusion.etas, settings.guidance_steps
+            settings.guidance_schedule,
+            settings.guidance_scale,
+            diffusion.etas,
+            settings.guidance_steps,
+            space=settings.guidance_space,
         )
         return lambdas if bool((lambdas != 0).any()) else None
 
     def _guidance(
         self, y: Tensor, diffusion: ResShiftDiffusion, settings: InferenceSettings
-    ) -> Guidance | None:
-        """The sampler hook for the padded LR chunk ``y`` ``(n,3,h,w)``, or None without guidance."""
+    ) -> dict[str, Guidance | X0Guidance]:
+        """The sampler's guidance keyword (``guidance`` or ``x0_guidance``, by ``settings.guidance_space``) for
+        the padded LR chunk ``y`` ``(n,3,h,w)``; empty without guidance."""
         lambdas = self._lambdas(diffusion, settings)
         if lambdas is None:
-            return None
+            return {}
 
         def decode(z: Tensor) -> Tensor:
             return self.conditioner.decode_differentiable(z, checkpoint=settings.guidance_checkpoint)
 
-        return lr_consistency_guidance(y, decode, lambdas, sf=self.sf, mu=settings.guidance_spectral)
+        if settings.guidance_space == "x0":
+            hook = lr_consistency_x0_guidance(y, decode, lambdas, sf=self.sf, mu=settings.guidance_spectral)
+            return {"x0_guidance": hook}
+        return {
+            "guidance": lr_consistency_guidance(y, decode, lambdas, sf=self.sf, mu=settings.guidance_spectral)
+        }
 
     def _noise(self, batch: int, height: int, width: int, draws: int, seed: int) -> Tensor:
         """``(B, draws, C, height, width)`` float32 standard normal; every image draws from its own CPU generator
