@@ -409,6 +409,6 @@ def test_pyfunc_adapter_converts_grey_and_rgb_to_the_signature(tmp_path: Path) -
         grey_model(grey.astype(np.uint16))
     assert settings.to_params() == {
         "sampler": "onestep", "steps": 0, "seed": 4, "tile": 256, "tile_overlap": 32, "batch": 1,
-        "precision": "auto", "guidance": "none", "guidance_scale": 1.0, "guidance_steps": 0,
-        "guidance_schedule": "constant", "guidance_spectral": 0.0, "guidance_checkpoint": False,
+        "precision": "auto", "guidance": "none", "guidance_scale": 8.0, "guidance_steps": 0,
+        "guidance_space": "x0", "guidance_schedule": "constant", "guidance_spectral": 0.0, "guidance_checkpoint": False,
     }  # fmt: skip
