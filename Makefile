@@ -41,7 +41,7 @@ else
 	$(PY) pipelines/train_eval.py --root $(DEMO_DIR) $(DEMO_ARGS)
 endif
 
-# Speed and memory figures (each script names the hardware). bench-quality trains tiny models on CPU (~25 min):
+# Speed and memory figures (each script names the hardware). bench-quality trains tiny models on CPU (~50 min):
 # the demo recipe against bicubic per seed, and gradient guidance / the spectral loss against unguided.
 bench: $(STAMP)
 	$(PY) benchmarks/degradation.py

@@ -5,10 +5,13 @@ Protocol (every number from real runs of the package; nothing is tuned on the te
 1. Data: synthetic thermal scenes (``difiisr.data.synthetic.generate_scene``) with the bicubic x1/4 test protocol
    (``degrade_folder(protocol="bicubic")``, Pillow bicubic): ``--train-images`` HR of ``--train-size``^2 (seeds
    0..), ``--val-images`` and ``--test-images`` HR of ``--test-size``^2 (seeds 20000.., 10000..).
-2. Training (skipped for a folder that already holds ``model/``; ``--model DIR`` replaces the baseline): the
-   ``train_tiny`` recipe on main, via ``difiisr.training.train``, with ``max_steps=--steps``, no MLflow; the
-   spectral model is the same run (same seed, data, steps) with ``losses.spectral.weight=--spectral-weight`` and
-   ``losses.spectral.radial_power=--radial-power``.
+2. Training (reused when a folder already holds a model trained with the same steps, seed and losses; ``--model
+   DIR`` replaces the baseline and skips the spectral models): the ``train_tiny`` recipe on main, via
+   ``difiisr.training.train``, with ``max_steps=--steps``, no MLflow, for each training seed of ``--seeds``; the
+   spectral model of a seed is the same run (same seed, data, steps) with
+   ``losses.spectral.weight=--spectral-weight`` and ``losses.spectral.radial_power=--radial-power``. Seed-to-seed
+   spread of a few hundred CPU steps is large (measured: 0.95 dB PSNR_Y across 3 seeds), so the spectral loss is
+   judged by its mean change over the seeds.
 3. Sampling-time guidance in both spaces (``guidance_space`` x0, the default, and xt, the paper's z_t form): the
    scale of each is chosen on the VALIDATION images: among ``--scales-x0`` / ``--scales-xt``, the best
    LR-consistency PSNR whose PSNR_Y is not below the unguided one (sweeps printed).
@@ -28,6 +31,8 @@ Timings depend on the machine and its load (printed with the hardware line).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -36,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 LR_NYQUIST = 0.125  # cycles per SR pixel: the highest frequency a x1/4 LR holds
@@ -67,12 +73,10 @@ def make_split(root: Path, name: str, n: int, size: int, first_seed: int) -> Pat
 
 
 def train_model(out: Path, data: Path, steps: int, overrides: list[str]) -> Path:
-    """Train the ``train_tiny`` recipe (plus ``overrides``) into ``out``; reuse ``out/model`` when present."""
+    """Train the ``train_tiny`` recipe (plus ``overrides``) into ``out``; reuse ``out/model`` when present and
+    trained with the same configuration (otherwise stop: pass another ``--work``)."""
     from difiisr.training import load_train_config, train
 
-    if (out / "model" / "model.yaml").is_file():
-        logging.info("reusing %s", out / "model")
-        return out / "model"
     cfg = load_train_config(
         "train_tiny",
         [
@@ -85,6 +89,14 @@ def train_model(out: Path, data: Path, steps: int, overrides: list[str]) -> Path
             *overrides,
         ],
     )
+    if (out / "model" / "model.yaml").is_file():
+        saved = yaml.safe_load((out / "train_config.yaml").read_text())
+        wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as in the saved YAML
+        keys = ("max_steps", "seed", "losses")
+        if any(saved.get(k) != wanted.get(k) for k in keys):
+            raise SystemExit(f"{out} holds a model trained with other {'/'.join(keys)}; use another --work")
+        logging.info("reusing %s", out / "model")
+        return out / "model"
     start = time.perf_counter()
     result = train(cfg, resume=True)
     if result.status != "completed" or result.model_dir is None:
@@ -172,8 +184,13 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=4)
     parser.add_argument("--test-images", type=int, default=8)
     parser.add_argument("--test-size", type=int, default=192, help="HR side of val/test (NIQE needs >= 192)")
-    parser.add_argument("--spectral-weight", type=float, default=0.2)
+    parser.add_argument("--spectral-weight", type=float, default=0.02)
     parser.add_argument("--radial-power", type=float, default=1.0)
+    parser.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="training seeds of the baseline/spectral pairs (the table uses the first)",
+    )
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral"])
     parser.add_argument(
         "--scales-x0", default="2,4,8,16", help="x0-space guidance scales tried on validation"
@@ -194,18 +211,31 @@ def main() -> None:
     train = make_split(work, "train", args.train_images, args.train_size, 0)
     val = make_split(work, "val", args.val_images, args.test_size, 20000)
     test = make_split(work, "test", args.test_images, args.test_size, 10000)
-    baseline_dir = args.model or train_model(work / "baseline", train, args.steps, [])
-    spectral_dir = None
-    if not args.skip_spectral:
-        spectral_dir = train_model(
-            work / "spectral",
-            train,
-            args.steps,
-            [
-                f"losses.spectral.weight={args.spectral_weight}",
-                f"losses.spectral.radial_power={args.radial_power}",
-            ],
-        )
+    seeds = [int(v) for v in args.seeds.split(",")]
+    spectral_name = f"spectral_w{args.spectral_weight:g}_r{args.radial_power:g}"
+    spectral_overrides = [
+        f"losses.spectral.weight={args.spectral_weight}",
+        f"losses.spectral.radial_power={args.radial_power}",
+    ]
+
+    def run_dir(name: str, seed: int) -> Path:
+        return work / (name if seed == 0 else f"{name}_seed{seed}")
+
+    pairs: dict[int, tuple[Path, Path]] = {}  # seed -> (baseline, spectral) model folders
+    if args.model is None and not args.skip_spectral:
+        for seed in seeds:
+            pairs[seed] = (
+                train_model(run_dir("baseline", seed), train, args.steps, [f"seed={seed}"]),
+                train_model(
+                    run_dir(spectral_name, seed), train, args.steps, [f"seed={seed}", *spectral_overrides]
+                ),
+            )
+    baseline_dir = args.model or (
+        pairs[seeds[0]][0]
+        if pairs
+        else train_model(run_dir("baseline", seeds[0]), train, args.steps, [f"seed={seeds[0]}"])
+    )
+    spectral_dir = pairs[seeds[0]][1] if pairs else None
 
     base = InferenceSettings(sampler=args.sampler, seed=0, tile=None)
     baseline = Upscaler.from_folder(baseline_dir, device="cpu")
@@ -233,8 +263,9 @@ def main() -> None:
     print(f"\nhardware: {hardware_line()}")
     print(
         f"recipe: train_tiny on main, {args.steps} steps, {args.train_images} HR {args.train_size}^2 synthetic scenes "
-        f"(bicubic protocol); spectral model: losses.spectral weight {args.spectral_weight}, radial_power "
-        f"{args.radial_power}; sampler {args.sampler}, seed 0, {args.test_images} test HR {args.test_size}^2"
+        f"(bicubic protocol), training seed {seeds[0]}; spectral model: losses.spectral weight "
+        f"{args.spectral_weight}, radial_power {args.radial_power}; sampler {args.sampler}, sampling seed 0, "
+        f"{args.test_images} test HR {args.test_size}^2"
     )
     header = f"{'':26} {'PSNR_Y':>7} {'SSIM_Y':>7} {'NIQE':>6} {'LR-PSNR':>8} {'HF err':>7} {'s/img':>6}"
     print(header)
@@ -254,13 +285,27 @@ def main() -> None:
             f"target 1 (guidance: LR-PSNR +>=3 dB, PSNR_Y not lower), {name}: LR-PSNR {gain:+.2f} dB, "
             f"PSNR_Y {dpsnr:+.3f} dB -> {'MET' if met else 'NOT MET'}"
         )
-    if spectral_dir is not None:
-        s = rows["spectral-loss"]
-        dpsnr_s, dhf = s["psnr_y"] - plain["psnr_y"], s["hf_error"] - plain["hf_error"]
-        met_s = dpsnr_s >= 0 and dhf < 0
+    if pairs:
+        print(f"\nspectral loss vs baseline per training seed (test set, {args.sampler}):")
+        deltas = []
+        for seed, (b_dir, s_dir) in pairs.items():
+            if seed == seeds[0]:
+                b, s = plain, rows["spectral-loss"]
+            else:
+                b = evaluate(Upscaler.from_folder(b_dir, device="cpu"), test, base)
+                s = evaluate(Upscaler.from_folder(s_dir, device="cpu"), test, base)
+            deltas.append((s["psnr_y"] - b["psnr_y"], s["hf_error"] - b["hf_error"]))
+            print(
+                f"  seed {seed}: baseline PSNR_Y {b['psnr_y']:.3f} HF {b['hf_error']:.4f} | spectral PSNR_Y "
+                f"{s['psnr_y']:.3f} HF {s['hf_error']:.4f} | delta PSNR_Y {deltas[-1][0]:+.3f} dB, HF "
+                f"{deltas[-1][1]:+.4f}"
+            )
+        mean_dpsnr = float(np.mean([d[0] for d in deltas]))
+        met_s = mean_dpsnr >= 0 and all(d[1] < 0 for d in deltas)
         print(
-            f"target 2 (spectral loss: PSNR_Y not lower, HF spectrum error lower): PSNR_Y {dpsnr_s:+.3f} dB, "
-            f"HF error {dhf:+.4f} -> {'MET' if met_s else 'NOT MET'}"
+            f"target 2 (spectral loss: PSNR_Y not lower, HF spectrum error lower; mean over {len(deltas)} seed(s), "
+            f"HF lower for every seed): PSNR_Y {mean_dpsnr:+.3f} dB, HF lower in "
+            f"{sum(d[1] < 0 for d in deltas)}/{len(deltas)} -> {'MET' if met_s else 'NOT MET'}"
         )
 
 
