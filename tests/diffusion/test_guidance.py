@@ -42,6 +42,17 @@ def power_law_image(size: int, alpha: float, seed: int, channels: int = 1) -> to
     return img.expand(1, channels, size, size).clone()
 
 
+def central_differences(loss, x: torch.Tensor, h: float = 1e-6) -> torch.Tensor:  # noqa: ANN001
+    """d loss / d x by central differences, one element at a time (float64 ``x``)."""
+    numeric = torch.zeros_like(x)
+    flat = numeric.view(-1)
+    for i in range(x.numel()):
+        step = torch.zeros_like(x).view(-1)
+        step[i] = h
+        flat[i] = (loss(x + step.view_as(x)) - loss(x - step.view_as(x))) / (2 * h)
+    return numeric
+
+
 # ---------------------------------------------------------------------------------------------- gradients
 
 
@@ -101,15 +112,7 @@ def test_the_hook_moves_z_by_lambda_times_the_finite_difference_gradient() -> No
     moved = hook(z_in, torch.tensor([1]), x0_of(z_in)).detach()
     target = spectral_target(y, 2)
 
-    def loss(v: torch.Tensor) -> float:
-        return float(guidance_loss(x0_of(v), y, 2, mu, target))
-
-    h, numeric = 1e-6, torch.zeros_like(z)
-    flat = numeric.view(-1)
-    for i in range(z.numel()):
-        step = torch.zeros_like(z).view(-1)
-        step[i] = h
-        flat[i] = (loss(z + step.view_as(z)) - loss(z - step.view_as(z))) / (2 * h)
+    numeric = central_differences(lambda v: float(guidance_loss(x0_of(v), y, 2, mu, target)), z)
     torch.testing.assert_close((z - moved) / lam, numeric, rtol=1e-5, atol=1e-6)
     # lambda 0 at t = 0: unchanged, nothing computed
     assert hook(z_in, torch.tensor([0]), x0_of(z_in)) is z_in
@@ -132,15 +135,7 @@ def test_the_x0_hook_moves_the_estimate_by_lambda_times_the_finite_difference_gr
     assert not moved.requires_grad
     target = spectral_target(y, 2)
 
-    def loss(v: torch.Tensor) -> float:
-        return float(guidance_loss(decode(v), y, 2, mu, target))
-
-    h, numeric = 1e-6, torch.zeros_like(x0)
-    flat = numeric.view(-1)
-    for i in range(x0.numel()):
-        step = torch.zeros_like(x0).view(-1)
-        step[i] = h
-        flat[i] = (loss(x0 + step.view_as(x0)) - loss(x0 - step.view_as(x0))) / (2 * h)
+    numeric = central_differences(lambda v: float(guidance_loss(decode(v), y, 2, mu, target)), x0)
     torch.testing.assert_close((x0 - moved) / lam, numeric, rtol=1e-5, atol=1e-6)
     assert hook(x0, torch.tensor([1])) is x0  # lambda 0: unchanged, nothing computed
 

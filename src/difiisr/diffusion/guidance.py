@@ -302,6 +302,14 @@ def guidance_loss(
     return loss
 
 
+def _step_size(sizes: list[float], t: Tensor) -> float:
+    """lambda of the batch's step ``t`` ``(B,)`` (one index for the whole batch, as the samplers pass it)."""
+    index = int(t[0])
+    if bool((t != index).any()):
+        raise ValueError(f"guidance: one step index per batch expected, got {t.tolist()}")
+    return sizes[index]
+
+
 def lr_consistency_guidance(
     y: Tensor,
     decode: Decoder,
@@ -321,10 +329,7 @@ def lr_consistency_guidance(
     sizes = [float(v) for v in lambdas]
 
     def hook(z_t: Tensor, t: Tensor, x0_hat: Tensor) -> Tensor:
-        index = int(t[0])
-        if bool((t != index).any()):
-            raise ValueError(f"guidance: one step index per batch expected, got {t.tolist()}")
-        step = sizes[index]
+        step = _step_size(sizes, t)
         if step == 0.0:
             return z_t
         sr = decode(x0_hat)
@@ -360,10 +365,7 @@ def lr_consistency_x0_guidance(
     sizes = [float(v) for v in lambdas]
 
     def hook(x0_hat: Tensor, t: Tensor) -> Tensor:
-        index = int(t[0])
-        if bool((t != index).any()):
-            raise ValueError(f"guidance: one step index per batch expected, got {t.tolist()}")
-        step = sizes[index]
+        step = _step_size(sizes, t)
         if step == 0.0:
             return x0_hat
         x0 = x0_hat.detach().requires_grad_(True)
