@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 
 from difiisr.errors import ExitCode
 from difiisr.inference.batch import BatchJob, run_batch
+from difiisr.inference.batch_report import run_id
 from difiisr.inference.settings import InferenceSettings
 from difiisr.inference.upscaler import Upscaler
 from difiisr.io import read_image, write_image
@@ -473,3 +474,10 @@ def test_two_inputs_with_one_output_name_do_not_overwrite_each_other(
         (failed,) = [x for x in lines if x["status"] == "failed"]
         assert failed["key"] == "a.png" and "a.jpg is also written to" in failed["reason"]
         assert read_text_record(tmp_path / "out" / "a.png")["source"] == "a.jpg"
+
+
+def test_run_ids_sort_by_start_time_even_within_one_second() -> None:
+    # reports are found by name order ("the newest run"): ids made in the same second must still sort in order
+    ids = [run_id("1/4") for _ in range(50)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all("-shard-1-of-4-" in name for name in ids)

@@ -37,9 +37,10 @@ def utc_now() -> str:
 
 
 def run_id(shard: str = "0/1") -> str:
-    """``YYYYmmddTHHMMSSZ-shard-I-of-N-TOKEN``: unique per run and shard, sortable by start time."""
+    """``YYYYmmddTHHMMSS.ffffffZ-shard-I-of-N-TOKEN``: unique per run and shard, sortable by start time (to the
+    microsecond, so two runs started within one second still sort in order)."""
     index, count = shard.split("/")
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{stamp}-shard-{index}-of-{count}-{secrets.token_hex(3)}"
 
 
