@@ -132,7 +132,7 @@ def run_cuda(
     import torch
 
     from difiisr.inference.settings import InferenceSettings
-    from difiisr.inference.upscaler import Upscaler
+    from difiisr.inference.upscaler import Upscaler, resolve_dtype
 
     ups = Upscaler.from_random(preset, seed=0, device="cuda")
     results = []
@@ -154,7 +154,7 @@ def run_cuda(
                 "images_per_s": batch * repeats / elapsed,
                 "s_per_call": elapsed / repeats,
                 "peak_alloc_bytes": torch.cuda.max_memory_allocated(),
-                "dtype": str(ups.dtype).replace("torch.", ""),
+                "dtype": str(resolve_dtype(ups.device, "auto")).replace("torch.", ""),
             }
         )
         del y

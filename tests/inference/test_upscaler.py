@@ -277,7 +277,7 @@ def test_latent_preset_pipeline_matches_its_definition() -> None:
 def test_cuda_autocast_matches_cpu_float32(tiny: ModelPreset) -> None:
     cpu = Upscaler.from_random(tiny, seed=0, device="cpu")
     gpu = Upscaler.from_random(tiny, seed=0, device="cuda")
-    assert gpu.dtype in (torch.bfloat16, torch.float16)
+    assert resolve_dtype(gpu.device, "auto") in (torch.bfloat16, torch.float16)
     y = smooth_lr(48, 80)
     a = cpu.upscale_tensor(y, InferenceSettings(seed=1, tile=32, tile_overlap=8))
     b = gpu.upscale_tensor(y.cuda(), InferenceSettings(seed=1, tile=32, tile_overlap=8, batch=8))
