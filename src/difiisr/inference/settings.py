@@ -227,11 +227,8 @@ class InferenceSettings:
         total = preset_steps if self.steps is None else self.steps
         guidable = total if self.guidance_space == "x0" else total - 1
         if self.guidance != "none" and self.guidance_steps is not None and self.guidance_steps > guidable:
-            where = (
-                f"t = {total - 1}..0"
-                if self.guidance_space == "x0"
-                else (f"t = {total - 1}..1; the last update ignores its input z_0")
-            )
+            first = "0" if self.guidance_space == "x0" else "1; the last update ignores its input z_0"
+            where = f"t = {total - 1}..{first}"
             raise SettingsError(
                 f"guidance_steps={self.guidance_steps}: this run has {total} steps, of which {guidable} can be "
                 f"guided in space {self.guidance_space} ({where}); use 1..{max(guidable, 1)} or unset for all of "
@@ -302,7 +299,8 @@ class InferenceSettings:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def describe(self) -> str:
-        """Short human form for summaries: ``onestep, seed 0, tile 256/32, batch 1, auto`` (+ guidance when on)."""
+        """Short human form for summaries: ``onestep, seed 0, tile 256/32, batch 1, auto`` (+ guidance when on,
+        with its space: an x0 and an xt run of the same scale are different runs)."""
         steps = "" if self.steps is None else f" {self.steps} steps,"
         tile = "no tiling" if self.tile is None else f"tile {self.tile}/{self.tile_overlap}"
         text = f"{self.sampler},{steps} seed {self.seed}, {tile}, batch {self.batch}, {self.precision}"
@@ -311,8 +309,8 @@ class InferenceSettings:
         where = "all steps" if self.guidance_steps is None else f"{self.guidance_steps} steps"
         prior = f", spectral {self.guidance_spectral:g}" if self.guidance_spectral else ""
         return (
-            f"{text}, guidance {self.guidance} scale {self.guidance_scale:g} {self.guidance_schedule} "
-            f"over {where}{prior}"
+            f"{text}, {self.guidance_space}-space guidance {self.guidance} scale {self.guidance_scale:g} "
+            f"{self.guidance_schedule} over {where}{prior}"
         )
 
     # ------------------------------------------------------------------ command line
